@@ -1,0 +1,273 @@
+"""The ``reuse-analysis`` command line: parse, call the library, print paths.
+
+Heavy libraries (torch, pandas, matplotlib) are imported inside the commands so that
+``reuse-analysis --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from reuse_analysis import __version__
+
+CONCAT_HELP = (
+    "How each layer concatenates its inputs: oldest-first is [x0, x1, …] (torchvision, "
+    "most code); newest-first is torch.cat([new, old]) (e.g. kuangliu/pytorch-cifar). "
+    "A weight file cannot tell which; every output states the order used."
+)
+HEATMAP_FORMATS = (".png", ".pdf", ".svg")
+DEFAULT_REPORTS = Path("reports")
+
+
+class InputError(click.ClickException):
+    """Bad input: one ``Error:`` line on stderr and exit status 2."""
+
+    exit_code = 2
+
+
+def fail(message: str) -> NoReturn:
+    raise InputError(message)
+
+
+def handles_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's input errors into ``Error: …`` lines with exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from reuse_analysis.errors import ReuseAnalysisError
+
+        try:
+            return func(*args, **kwargs)
+        except ReuseAnalysisError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+    return wrapper
+
+
+model_argument = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+concat_option = click.option(
+    "--concat-order",
+    type=click.Choice(["oldest-first", "newest-first"]),
+    default="oldest-first",
+    show_default=True,
+    help=CONCAT_HELP,
+)
+trust_option = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading files that contain pickled Python objects (a whole nn.Module, "
+    "custom classes). This runs code from the file: only for files you trust.",
+)
+
+
+def _default_output(model: Path, suffix: str) -> Path:
+    return DEFAULT_REPORTS / f"{model.stem}{suffix}"
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reuse-analysis")
+def cli() -> None:
+    """Which earlier layers does each layer of a DenseNet use?
+
+    Reads a DenseNet checkpoint from any common PyTorch implementation, infers its
+    blocks from the weight shapes, and computes the paper's feature-reuse matrix
+    (Huang et al., "Densely Connected Convolutional Networks", §5, Figure 5).
+    """
+
+
+@cli.command()
+@model_argument
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Image to write; the extension picks the format (.png, .pdf, .svg). "
+    "Default: reports/MODEL-heatmap.png.",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["column", "none", "global"]),
+    default="column",
+    show_default=True,
+    help="column: each target column min–max scaled to [0, 1], as in the paper; "
+    "none: raw average |w|; global: one min–max over all blocks.",
+)
+@concat_option
+@click.option(
+    "--cmap",
+    default="viridis",
+    show_default=True,
+    help="Matplotlib colour map; 'jet' matches the paper's figure.",
+)
+@click.option("--title", help="Figure title (default: model, structure, concat order).")
+@click.option(
+    "--annotate/--no-annotate",
+    default=None,
+    help="Write the value in each cell (default: only when every block is small).",
+)
+@click.option("--dpi", type=click.IntRange(50, 1200), default=200, show_default=True)
+@trust_option
+@handles_bad_input
+def heatmap(
+    model: Path,
+    output: Path | None,
+    normalize: str,
+    concat_order: str,
+    cmap: str,
+    title: str | None,
+    annotate: bool | None,
+    dpi: int,
+    trust_pickle: bool,
+) -> None:
+    """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
+    output = output or _default_output(model, "-heatmap.png")
+    if output.suffix.lower() not in HEATMAP_FORMATS:
+        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
+    import matplotlib
+
+    if cmap not in matplotlib.colormaps:
+        fail(f"unknown colour map {cmap!r}; try viridis, magma or jet")
+
+    from reuse_analysis._io import atomic_path
+    from reuse_analysis.analysis import analyze
+    from reuse_analysis.plotting import plot_reuse_heatmap
+
+    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    fig = plot_reuse_heatmap(
+        result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
+    )
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=output.suffix[1:].lower(), bbox_inches="tight")
+    _note(f"{result.structure.summary()}; concat order {concat_order}")
+    click.echo(str(output))
+
+
+@cli.command()
+@model_argument
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    default=None,
+    help="Output format (default: from the -o extension, else csv).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: standard output).",
+)
+@concat_option
+@trust_option
+@handles_bad_input
+def table(
+    model: Path, fmt: str | None, output: Path | None, concat_order: str, trust_pickle: bool
+) -> None:
+    """Print the reuse matrix of MODEL, one row per (block, source, target).
+
+    Columns: block, source, target, target_kind, mean_abs_weight, normalized. Source 0
+    is the block input; target L+1 is the transition (or classifier) after the block.
+    """
+    if fmt is None:
+        fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
+    from reuse_analysis.analysis import analyze
+
+    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    text = _table_text(result, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        from reuse_analysis._io import write_text_atomic
+
+        write_text_atomic(output, text)
+        click.echo(str(output))
+    _note(f"{result.structure.summary()}; concat order {concat_order} (assumed)")
+
+
+def _table_text(result: Any, fmt: str) -> str:
+    df = result.table
+    if fmt == "csv":
+        return df.to_csv(index=False, float_format="%.9g", lineterminator="\n")
+    payload = {
+        "model": result.model_name,
+        "structure": df.attrs["structure"],
+        "concat_order": df.attrs["concat_order"],
+        "metric": df.attrs["metric"],
+        "columns": list(df.columns),
+        "rows": json.loads(df.to_json(orient="records", double_precision=15)),
+    }
+    return json.dumps(payload, indent=2) + "\n"
+
+
+@cli.command()
+@model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the structure as JSON.")
+@trust_option
+@handles_bad_input
+def info(model: Path, as_json: bool, trust_pickle: bool) -> None:
+    """Show the structure inferred from MODEL's weights: blocks, layers, k, θ, classifier."""
+    from reuse_analysis.analysis import load_structure
+
+    _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
+    described = {
+        "file": str(model),
+        "container": checkpoint.container if checkpoint else None,
+        "arch": checkpoint.arch if checkpoint else None,
+        "summary": structure.summary(),
+        **structure.to_dict(),
+        "meta": checkpoint.meta if checkpoint else {},
+    }
+    if as_json:
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    click.echo(_info_text(described))
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    from reuse_analysis.checkpoint import human_count
+
+    lines = [
+        f"{d['file']}: {d['summary']}",
+        f"  stored as       {d['container']}" + (f" (arch {d['arch']})" if d["arch"] else ""),
+        f"  depth           {d['depth']} weighted layers",
+        f"  parameters      {human_count(d['num_parameters'])} ({d['num_parameters']:,})",
+        f"  input channels  {d['input_channels'] if d['input_channels'] else 'unknown'}",
+        f"  classes         {d['num_classes'] if d['num_classes'] else 'unknown'}",
+    ]
+    for b in d["blocks"]:
+        width = b["bottleneck_width"]
+        lines.append(
+            f"  block {b['index']}  {b['name'] or '(root)'}: {b['num_layers']} layers, "
+            f"k={b['growth_rate']}, {b['in_channels']}→{b['out_channels']} channels, "
+            + (f"bottleneck {width}" if width else "no bottleneck")
+        )
+        extra = b["extra"]
+        if extra and extra["kind"] == "transition":
+            lines.append(
+                f"      transition {extra['name']}: {extra['in_channels']}→"
+                f"{extra['out_channels']} channels (θ={extra['compression']:g})"
+            )
+        elif extra:
+            lines.append(
+                f"      classifier {extra['name']}: {extra['in_features']} features → "
+                f"{extra['num_classes']} classes"
+            )
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="reuse-analysis")
