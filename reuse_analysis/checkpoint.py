@@ -12,6 +12,7 @@ import os
 import pathlib
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "network.")
 # torchvision's own fix-up for files saved before its module names lost their dots
 # ("denselayer1.norm.1.weight" became "denselayer1.norm1.weight").
 _LEGACY_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 _HINT = "point the command at a PyTorch checkpoint (.pt/.pth/.ckpt) holding a DenseNet"
 
@@ -118,9 +119,11 @@ def _looks_like_text(path: Path) -> str | None:
 
 def _unsafe_globals(path: Path) -> list[str]:
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:
         return []
+    # The user's own classes say more about the file than torch's building blocks.
+    return sorted(names, key=lambda n: (n.startswith("torch."), n))
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -128,21 +131,17 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as exc:
+    except (pickle.UnpicklingError, KeyError) as exc:
         text = str(exc)
-        if "Weights only load failed" in text:
-            names = _unsafe_globals(path)
-            what = ", ".join(names) if names else "Python objects"
+        names = _unsafe_globals(path) if "Weights only load failed" in text else []
+        if names or "Unsupported global" in text:
+            what = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            what = what or "Python objects"
             raise CheckpointError(
                 f"{path} contains pickled Python objects ({what}) that safe loading refuses; "
                 "if you trust the file, rerun with --trust-pickle (it executes code from the file)"
             ) from None
-        kind = _looks_like_text(path)
-        if kind:
-            raise CheckpointError(
-                f"{path} is a {kind} file, not a PyTorch checkpoint; {_HINT}"
-            ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({text}); {_HINT}") from None
+        raise _not_a_checkpoint(path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, EOFError) or "zip archive" in first or "central directory" in first:
@@ -150,17 +149,28 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
                 f"{path} is truncated or corrupted ({first}); re-save or re-download it"
             ) from None
         raise CheckpointError(f"{path} could not be read as a checkpoint ({first})") from None
-    except (AttributeError, ModuleNotFoundError, ImportError, TypeError) as exc:
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
         # Only reachable with --trust-pickle: the pickle names code that is not importable.
         raise CheckpointError(
             f"{path} needs Python code that is not available here to unpickle ({exc}); "
             "save the model's state_dict() instead of the whole model"
         ) from None
+    except Exception:
+        raise _not_a_checkpoint(path) from None
+
+
+def _not_a_checkpoint(path: Path) -> CheckpointError:
+    kind = _looks_like_text(path)
+    if kind:
+        return CheckpointError(f"{path} is a {kind} file, not a PyTorch checkpoint; {_HINT}")
+    return CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable data); {_HINT}")
 
 
 def _load_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

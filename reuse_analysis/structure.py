@@ -358,7 +358,11 @@ def _check_neighbours(
         before, after = i - 1, j
         if before >= 0 and not (items[before] and items[before].tail_out == c0):
             prev = items[before]
-            expected = f" (expected {c0 - k} for a layer of this block)" if prev else ""
+            expected = ""
+            if prev is not None and prev.head_in == c0 - k:
+                expected = f" (a layer of this block writes k={k})"
+            elif prev is not None:
+                expected = f" (a layer of this block would read {c0 - k})"
             raise StructureError(
                 f"{_describe(prev, nodes[before], tree)}, which does not fit the dense block "
                 f"`{node}` next to it (k={k}, layers reading {c0}, {c0 + k}, …){expected}; "
