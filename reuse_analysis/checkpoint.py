@@ -187,22 +187,39 @@ def _is_tensor_mapping(obj: Any) -> bool:
     )
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-friendly data, or None when it is not plain data."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if all(i is not None for i in items) else None
+    if isinstance(value, Mapping):
+        return {str(k): p for k, v in value.items() if (p := _plain(v)) is not None}
+    return None
+
+
+# Nested records worth keeping beside the weights: training args, data set, metrics history.
+_META_RECORDS = ("meta", "args", "hyper_parameters", "dataset", "train_config", "history")
+
+
 def _plain_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-friendly scalars beside the weights (epoch, accuracy, args), for reports."""
+    """The JSON-friendly scalars and records beside the weights (epoch, accuracy, args)."""
     meta: dict[str, Any] = {}
     for key, value in obj.items():
-        if isinstance(value, argparse.Namespace):
-            value = vars(value)
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            meta[str(key)] = value
-        elif isinstance(value, Mapping) and key in ("meta", "args", "hyper_parameters"):
-            meta[str(key)] = {
-                str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool))
-            }
+        if key in ("state_dict", "config", "optimizer", "scheduler", "rng", "scaler"):
+            continue
+        plain = _plain(value)
+        if plain is None:
+            continue
+        if not isinstance(plain, (dict, list)) or key in _META_RECORDS:
+            meta[str(key)] = plain
     return meta
 
 

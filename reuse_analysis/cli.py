@@ -268,6 +268,165 @@ def _info_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter("give epochs as a comma-separated list, e.g. 1,2,5,10") from None
+
+
+@cli.command()
+@click.option("--arch", required=True, help="Model name, e.g. densenet_bc_100 (see `models`).")
+@click.option(
+    "--dataset",
+    required=True,
+    help="cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH or imagefolder:PATH.",
+)
+@click.option(
+    "--data-dir",
+    default="data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where data sets are downloaded, extracted and cached.",
+)
+@click.option("--epochs", type=click.IntRange(1), default=300, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Per process."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Initial learning rate; divided by 10 at 50 % and 75 % of the epochs.",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=True,
+    show_default=True,
+    help="Random crops (4-pixel padding) and flips; without it dropout 0.2 is used.",
+)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Model file to write (default: trained_models/ARCH_DATASET.pt); the training "
+    "state goes beside it as .train.pt and the log as .log.csv.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its .train.pt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--amp", is_flag=True, help="Mixed precision (fp16 on CUDA, bf16 on CPU).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on most HW).")
+@click.option(
+    "--memory-efficient", is_flag=True, help="Recompute bottlenecks in backward to save memory."
+)
+@click.option(
+    "--snapshot-epochs",
+    callback=_int_list,
+    help="Also keep a copy of the model after these epochs, e.g. 1,2,5,10.",
+)
+@click.option(
+    "--limit-train", type=click.IntRange(1), help="Train on a fixed random subset of N images."
+)
+@click.option(
+    "--limit-test", type=click.IntRange(1), help="Evaluate on the first N test images only."
+)
+@click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Save the training state mid-epoch this often.",
+)
+@handles_bad_input
+def train(**kwargs: Any) -> None:
+    """Train a model with the paper's recipe (SGD, Nesterov 0.9, wd 1e-4, batch 64).
+
+    Runs on several processes with `torchrun --nproc-per-node N -m reuse_analysis train …`.
+    """
+    from reuse_analysis.train import TrainConfig
+    from reuse_analysis.train import train as run_training
+
+    if kwargs["out"] is None:
+        dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
+        kwargs["out"] = str(Path("trained_models") / f"{kwargs['arch']}_{dataset}.pt")
+    cfg = TrainConfig(**kwargs)
+    try:
+        summary = run_training(cfg)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if summary is not None and summary.get("test_acc") is not None:
+        _note(
+            f"done: {summary['epochs']} epochs, test accuracy {100 * summary['test_acc']:.2f} % "
+            f"(error {100 * (1 - summary['test_acc']):.2f} %), "
+            f"{summary['seconds'] / 60:.1f} min of training"
+        )
+        click.echo(summary["out"])
+
+
+@cli.command()
+@model_argument
+@click.option(
+    "--dataset", help="Data set to evaluate on (default: the one recorded in the checkpoint)."
+)
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Evaluate on the first N test images only.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@trust_option
+@handles_bad_input
+def evaluate(
+    model: Path,
+    dataset: str | None,
+    data_dir: str,
+    batch_size: int,
+    limit: int | None,
+    device: str,
+    as_json: bool,
+    trust_pickle: bool,
+) -> None:
+    """Print MODEL's top-1 accuracy and loss on a data set's test split."""
+    from reuse_analysis.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        model,
+        dataset=dataset,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        trust_pickle=trust_pickle,
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(
+            f"{model}: top-1 accuracy {100 * result['accuracy']:.2f} % "
+            f"(error {100 * (1 - result['accuracy']):.2f} %), loss {result['loss']:.4f} "
+            f"on {result['images']} images of {result['dataset']}"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="reuse-analysis")

@@ -1,0 +1,248 @@
+"""The command line, as a user drives it: real files in, real files out, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from layouts import layouts
+
+from reuse_analysis.analysis import analyze
+from reuse_analysis.cli import cli
+from reuse_analysis.metrics import COLUMNS
+
+LAYOUTS = layouts()
+
+
+@pytest.fixture(scope="module")
+def d121_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "densenet121.pth"
+    torch.save(torchvision.models.densenet121().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kuangliu_path(tmp_path_factory):
+    torch.manual_seed(0)
+    build, _, _ = LAYOUTS["kuangliu"]
+    path = tmp_path_factory.mktemp("models") / "kuangliu.pth"
+    torch.save({"net": build().state_dict(), "acc": 91.3, "epoch": 199}, path)
+    return path
+
+
+def run(*args, cwd=None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("heatmap", "table", "info", "train", "evaluate"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("ext", ["png", "pdf", "svg"])
+def test_heatmap_formats(tmp_path, kuangliu_path, ext):
+    out = tmp_path / f"fig.{ext}"
+    result = run("heatmap", kuangliu_path, "-o", out, "--concat-order", "newest-first")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] == {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xm"}[ext]
+    assert "newest-first" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [f"fig.{ext}"]
+
+
+def test_heatmap_default_output_under_reports(tmp_path, kuangliu_path):
+    result = run("heatmap", kuangliu_path, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "reports" / "kuangliu-heatmap.png"
+    assert result.stdout.strip() == str(out.relative_to(tmp_path))
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_heatmap_of_densenet121(tmp_path, d121_path):
+    out = tmp_path / "d121.png"
+    result = run("heatmap", d121_path, "-o", out, "--normalize", "none", "--cmap", "jet")
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 10_000
+
+
+def test_table_csv_columns_and_values_match_library(kuangliu_path):
+    result = run("table", kuangliu_path)
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(StringIO(result.stdout))
+    assert list(df.columns) == COLUMNS
+    expected = analyze(kuangliu_path).table
+    assert len(df) == len(expected) == 3 * 15
+    np.testing.assert_allclose(df.mean_abs_weight, expected.mean_abs_weight, rtol=1e-8)
+    np.testing.assert_allclose(df.normalized, expected.normalized, rtol=1e-8, atol=1e-12)
+    assert "oldest-first" in result.stderr
+
+
+def test_table_json_file_states_its_assumptions(tmp_path, kuangliu_path):
+    out = tmp_path / "table.json"
+    result = run("table", kuangliu_path, "-o", out, "--concat-order", "newest-first")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["concat_order"] == "newest-first"
+    assert payload["metric"] == "weight"
+    assert payload["columns"] == COLUMNS
+    assert set(payload["rows"][0]) == set(COLUMNS)
+    assert "3 blocks × 4 layers" in payload["structure"]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_info_reports_each_layout(tmp_path, name):
+    build, _, exp = LAYOUTS[name]
+    path = tmp_path / f"{name}.pt"
+    torch.save(build().state_dict(), path)
+    result = run("info", path, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert [b["num_layers"] for b in info["blocks"]] == list(exp.layers)
+    assert {b["growth_rate"] for b in info["blocks"]} == {exp.growth}
+    assert info["input_channels"] == exp.input_channels
+    assert info["num_classes"] == exp.classes
+    assert info["blocks"][0]["in_channels"] == exp.c0
+    assert {b["bottleneck_width"] for b in info["blocks"]} == {exp.bottleneck}
+    assert [b["extra"]["weight"] for b in info["blocks"]] == list(exp.extra)
+    text = run("info", path)
+    assert text.exit_code == 0
+    assert f"k={exp.growth}" in text.stdout
+    # and the analysis runs with no flags
+    table = run("table", path)
+    assert table.exit_code == 0
+    assert len(pd.read_csv(StringIO(table.stdout))) == sum(
+        (n + 1) * (n + 2) // 2 for n in exp.layers
+    )
+
+
+def _bad_inputs(tmp_path):
+    """Each kind of bad input a user may hand the tool, as a path."""
+    good = torchvision.models.densenet121().state_dict()
+    cases = {}
+    cases["missing"] = tmp_path / "missing.pt"
+    (tmp_path / "folder").mkdir()
+    cases["directory"] = tmp_path / "folder"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases["empty"] = tmp_path / "empty.pt"
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(1).bytes(10_000))
+    cases["random bytes"] = tmp_path / "random.pt"
+    full = tmp_path / "full.pt"
+    torch.save(good, full)
+    (tmp_path / "truncated.pt").write_bytes(full.read_bytes()[: full.stat().st_size // 3])
+    cases["truncated"] = tmp_path / "truncated.pt"
+    (tmp_path / "model.json").write_text(json.dumps({"layers": [1, 2]}))
+    cases["json"] = tmp_path / "model.json"
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    cases["text"] = tmp_path / "notes.txt"
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pt")
+    cases["resnet"] = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.vgg11().state_dict(), tmp_path / "vgg.pt")
+    cases["vgg"] = tmp_path / "vgg.pt"
+    corrupted = dict(good)
+    corrupted["features.denseblock2.denselayer4.conv1.weight"] = torch.randn(128, 221, 1, 1)
+    torch.save(corrupted, tmp_path / "corrupted.pt")
+    cases["corrupted shape"] = tmp_path / "corrupted.pt"
+    nan = dict(good)
+    nan["features.denseblock1.denselayer2.conv1.weight"] = torch.full((128, 96, 1, 1), np.nan)
+    torch.save(nan, tmp_path / "nan.pt")
+    cases["nan"] = tmp_path / "nan.pt"
+    torch.save(torchvision.models.densenet121(), tmp_path / "pickled.pt")
+    cases["pickled module"] = tmp_path / "pickled.pt"
+    return cases
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    return _bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "empty",
+        "random bytes",
+        "truncated",
+        "json",
+        "text",
+        "resnet",
+        "vgg",
+        "corrupted shape",
+        "nan",
+        "pickled module",
+    ],
+)
+@pytest.mark.parametrize("command", ["heatmap", "table", "info"])
+def test_bad_input_one_error_line_exit_2_no_output(tmp_path, bad_inputs, case, command):
+    out = tmp_path / "out" / ("x.png" if command == "heatmap" else "x.csv")
+    args = [command, bad_inputs[case]] + (["-o", out] if command != "info" else [])
+    result = run(*args)
+    assert result.exit_code == 2, (case, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert not out.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_pickled_module_loads_with_trust_flag(bad_inputs):
+    result = run("info", bad_inputs["pickled module"], "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    assert "4 blocks (6-12-24-16 layers)" in result.stdout
+
+
+def test_bad_output_extension(tmp_path, kuangliu_path):
+    result = run("heatmap", kuangliu_path, "-o", tmp_path / "fig.bmp")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ")
+
+
+def test_failed_render_leaves_no_file(tmp_path, kuangliu_path, monkeypatch):
+    import reuse_analysis.plotting as plotting
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plotting, "plot_reuse_heatmap", boom)
+    out = tmp_path / "fig.png"
+    with pytest.raises(KeyboardInterrupt):
+        CliRunner().invoke(
+            cli, ["heatmap", str(kuangliu_path), "-o", str(out)], catch_exceptions=False
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_and_fast_help_import():
+    """`python -m reuse_analysis --help` works and imports neither torch nor matplotlib."""
+    code = (
+        "import sys, runpy; sys.argv = ['reuse-analysis', '--help']\n"
+        "try:\n    runpy.run_module('reuse_analysis', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "heatmap" in out.stdout
+    assert "HEAVY []" in out.stdout
