@@ -369,7 +369,9 @@ def train(**kwargs: Any) -> None:
         summary = run_training(cfg)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    if summary is not None and summary.get("test_acc") is not None:
+    if summary.get("replicas_identical"):
+        _note("all ranks ended with identical weights")
+    if summary.get("test_acc") is not None:
         _note(
             f"done: {summary['epochs']} epochs, test accuracy {100 * summary['test_acc']:.2f} % "
             f"(error {100 * (1 - summary['test_acc']):.2f} %), "

@@ -427,6 +427,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
                 )
             raise
         bar.close()
+        if dist.world > 1:
+            _sync_buffers(_unwrap(model))
         seconds = time.monotonic() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -477,8 +479,37 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
         "seconds": sum(r["seconds"] for r in state.history),
     }
     if dist.world > 1:
+        summary["replicas_identical"] = _replicas_identical(_unwrap(model))
         torch.distributed.destroy_process_group()
+        if not summary["replicas_identical"]:
+            raise TrainingError("the ranks ended with different weights; the run is unreliable")
     return summary
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's batch-norm statistics.
+
+    DDP broadcasts buffers before each forward, but each rank's last forward then updates
+    its own copy from its own batch; without this the saved statistics would differ.
+    """
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _replicas_identical(model: nn.Module) -> bool:
+    """Whether every rank holds bitwise the same weights and buffers (a DDP sanity check)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.detach().double().flatten().cpu() for t in model.state_dict().values()])
+    device = next(model.parameters()).device  # NCCL gathers CUDA tensors only
+    digest = torch.tensor(
+        [flat.sum().item(), (flat * flat).sum().item(), flat.abs().max().item()], device=device
+    )
+    gathered = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def iter_log(path: str | os.PathLike[str]) -> Iterator[dict[str, str]]:
