@@ -107,3 +107,26 @@ def reuse_table(
         structure=structure.summary(),
     )
     return df
+
+
+def input_channel_usage(
+    state_dict: Mapping[str, torch.Tensor],
+    structure: DenseNetStructure,
+    concat_order: ConcatOrder = "oldest-first",
+) -> pd.DataFrame:
+    """Per block and input channel of ``x_0``: the mean |w| its layers give that channel.
+
+    For blocks after the first, ``x_0`` is the previous transition's output, so this is
+    how much the next block uses each channel a transition writes (its redundancy).
+    """
+    frames = []
+    for block in structure.blocks:
+        per_layer = []
+        for layer in block.layers:
+            (_, start, stop), *_ = block.source_slices(layer.index, concat_order)
+            per_layer.append(channel_usage(state_dict[layer.first_conv.key])[start:stop])
+        usage = np.mean(per_layer, axis=0)
+        frames.append(
+            pd.DataFrame({"block": block.index, "channel": np.arange(len(usage)), "usage": usage})
+        )
+    return pd.concat(frames, ignore_index=True)
