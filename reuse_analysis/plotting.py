@@ -1,0 +1,292 @@
+"""Reuse table → matplotlib figures (the paper's Figure 5 and the report's small plots).
+
+Never imports torch: everything here reads the tidy DataFrame that
+:func:`reuse_analysis.metrics.reuse_table` returns (one row per block, source, target).
+Functions that draw one thing take ``ax`` and return it (seaborn style); the figure
+builders return a :class:`matplotlib.figure.Figure` without touching pyplot's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+NORMALIZE_MODES = ("column", "none", "global")
+_REQUIRED = ["block", "source", "target", "target_kind", "mean_abs_weight", "normalized"]
+_COLORBAR_LABELS = {
+    "column": "average |w| (each target column min–max scaled)",
+    "global": "average |w| (min–max over all blocks)",
+    "none": "average |w|",
+}
+_EXTRA_LABELS = {"transition": "T", "classifier": "C"}
+_ANNOTATE_MAX_LAYERS = 8
+
+
+def _check(df: pd.DataFrame) -> None:
+    missing = [c for c in _REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"reuse table lacks the columns {', '.join(missing)}")
+    if df.empty:
+        raise ValueError("reuse table is empty: nothing to plot")
+
+
+def display_values(df: pd.DataFrame, normalize: str = "column") -> pd.Series:
+    """The values the heatmap shows: column min–max, raw, or one min–max over all blocks."""
+    if normalize == "column":
+        return df["normalized"]
+    raw = df["mean_abs_weight"]
+    if normalize == "none":
+        return raw
+    if normalize == "global":
+        low, high = raw.min(), raw.max()
+        return (raw - low) / (high - low) if high > low else raw * 0 + 1.0
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, not {normalize!r}")
+
+
+def block_grid(df: pd.DataFrame, block: int, values: str | pd.Series) -> np.ma.MaskedArray:
+    """Sources × targets matrix of one block; cells with no (source, target) row are masked.
+
+    Row ``s`` is source ``s`` (row 0, the block input, first); column ``j`` is target
+    ``j + 1``. The mask comes from the rows present, not from a triangle recipe.
+    """
+    rows = df[df["block"] == block]
+    if rows.empty:
+        raise ValueError(f"the reuse table has no block {block}")
+    vals = rows[values] if isinstance(values, str) else values.loc[rows.index]
+    n_sources = int(rows["source"].max()) + 1
+    n_targets = int(rows["target"].max())
+    grid = np.full((n_sources, n_targets), np.nan)
+    grid[rows["source"].to_numpy(), rows["target"].to_numpy() - 1] = vals.to_numpy(float)
+    return np.ma.masked_invalid(grid)
+
+
+def _extra_kind(df: pd.DataFrame, block: int) -> str | None:
+    kinds = set(df.loc[df["block"] == block, "target_kind"]) - {"layer"}
+    return kinds.pop() if kinds else None
+
+
+def _step(n: int, cell: float) -> int:
+    """Label every cell when cells are wide enough for a label, else every 2nd, 5th, 10th."""
+    step = 1 if cell >= 0.2 else 2 if cell >= 0.1 else 5
+    return max(step, 1 if n <= 20 else 5 if n <= 50 else 10)
+
+
+def _ticks(n: int, first: int, cell: float = 0.3) -> list[int]:
+    """Tick positions 0..n-1 for labels first..first+n-1: every label if few, else round ones.
+
+    The last position (the extra column, or the last source) is always labelled.
+    """
+    step = _step(n, cell)
+    keep = [i for i in range(n) if (i + first) % step == 0 or i == 0]
+    keep = [i for i in keep if n - 1 - i >= max(1, step // 2) or i == 0]
+    return [*keep, n - 1]
+
+
+def plot_block(
+    ax: Axes,
+    grid: np.ma.MaskedArray,
+    *,
+    block: int,
+    vmin: float,
+    vmax: float,
+    cmap: str = "viridis",
+    extra_label: str | None = None,
+    annotate: bool = False,
+    cell: float = 0.3,
+) -> Axes:
+    """Draw one block's matrix into ``ax``: row 0 on top, extra column outlined in black."""
+    colormap = mpl.colormaps[cmap].with_extremes(bad="white")
+    n_src, n_tgt = grid.shape
+    ax.imshow(
+        grid,
+        cmap=colormap,
+        vmin=vmin,
+        vmax=vmax,
+        origin="upper",
+        interpolation="nearest",
+        aspect="equal",
+    )
+    xt = _ticks(n_tgt, first=1, cell=cell)
+    ax.set_xticks(xt)
+    labels = [str(t + 1) for t in xt]
+    if extra_label:
+        labels[-1] = extra_label
+        ax.add_patch(
+            Rectangle((n_tgt - 1.5, -0.5), 1, n_src, fill=False, edgecolor="black", linewidth=1.5)
+        )
+    ax.set_xticklabels(labels)
+    ax.set_yticks(_ticks(n_src, first=0, cell=cell))
+    ax.set_anchor("N")
+    ax.set_title(f"Dense Block {block}")
+    ax.tick_params(labelsize=7 if max(n_src, n_tgt) > 20 else 8, length=2)
+    if annotate:
+        span = vmax - vmin if vmax > vmin else 1.0
+        for (s, t), v in np.ndenumerate(grid.filled(np.nan)):
+            if not np.isnan(v):
+                dark = (v - vmin) / span < 0.6
+                ax.text(
+                    t, s, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if dark else "black",
+                )  # fmt: skip
+    return ax
+
+
+def default_title(df: pd.DataFrame, normalize: str) -> str:
+    """Title naming the model, the inferred config, concat order, metric and scaling."""
+    a = df.attrs
+    first = " — ".join(x for x in (a.get("model"), a.get("structure")) if x)
+    second = (
+        f"metric: {a.get('metric', 'weight')} · concat order: {a.get('concat_order', '?')} · "
+        f"normalisation: {normalize}"
+    )
+    return f"{first}\n{second}" if first else second
+
+
+def plot_reuse_heatmap(
+    df: pd.DataFrame,
+    *,
+    normalize: str = "column",
+    cmap: str = "viridis",
+    title: str | None = None,
+    annotate: bool | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """The paper's Figure 5: one panel per dense block, one shared colour bar."""
+    _check(df)
+    values = display_values(df, normalize)
+    blocks = sorted(int(b) for b in df["block"].unique())
+    grids = [block_grid(df, b, values) for b in blocks]
+    vmin, vmax = (0.0, 1.0) if normalize != "none" else (0.0, float(values.max()))
+    if annotate is None:
+        annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
+    widths = [g.shape[1] for g in grids]
+    rows = max(g.shape[0] for g in grids)
+    cell = float(np.clip(14.0 / sum(widths), 0.12, 0.45))  # inches per cell
+    width = float(np.clip(sum(widths) * cell + 0.6 * len(grids) + 1.6, 5.0, 24.0))
+    height = float(np.clip(rows * cell + 1.8, 3.0, 12.0))
+    if fig is None:
+        fig = Figure(figsize=(width, height), layout="constrained")
+    gs = fig.add_gridspec(1, len(grids) + 1, width_ratios=[*widths, max(0.6, sum(widths) / 40)])
+    axes = []
+    for i, (b, g) in enumerate(zip(blocks, grids, strict=True)):
+        ax = fig.add_subplot(gs[0, i])
+        extra = _extra_kind(df, b)
+        plot_block(
+            ax,
+            g,
+            block=b,
+            vmin=vmin,
+            vmax=vmax,
+            cmap=cmap,
+            extra_label=_EXTRA_LABELS.get(extra) if extra else None,
+            annotate=annotate,
+            cell=cell,
+        )
+        ax.set_xlabel("Target layer (t)")
+        axes.append(ax)
+    axes[0].set_ylabel("Source layer (s)")
+    cax = fig.add_subplot(gs[0, -1])
+    mappable = mpl.cm.ScalarMappable(
+        norm=mpl.colors.Normalize(vmin, vmax), cmap=mpl.colormaps[cmap]
+    )
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label(_COLORBAR_LABELS[normalize], fontsize=8)
+    cax.set_box_aspect(max(rows, 8) / 1.2)
+    fig.suptitle(title if title is not None else default_title(df, normalize), fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------- report plots
+def plot_difference(
+    a: pd.DataFrame, b: pd.DataFrame, *, labels: Sequence[str] = ("A", "B"), cmap: str = "RdBu_r"
+) -> Figure:
+    """Column-normalised B − A per block (same structure), on a symmetric colour scale."""
+    _check(a)
+    _check(b)
+    key = ["block", "source", "target"]
+    merged = a.merge(b, on=key, suffixes=("_a", "_b"))
+    if len(merged) != len(a) or len(merged) != len(b):
+        raise ValueError("the two models have different structures: no cell-by-cell difference")
+    diff = merged.assign(
+        normalized=merged["normalized_b"] - merged["normalized_a"],
+        target_kind=merged["target_kind_a"],
+        mean_abs_weight=merged["mean_abs_weight_b"] - merged["mean_abs_weight_a"],
+    )[_REQUIRED]
+    blocks = sorted(int(x) for x in diff["block"].unique())
+    grids = [block_grid(diff, blk, "normalized") for blk in blocks]
+    limit = float(np.nanmax(np.abs(diff["normalized"]))) or 1.0
+    widths = [g.shape[1] for g in grids]
+    fig = Figure(figsize=(min(24.0, 2.0 + 0.3 * sum(widths)), 4.5), layout="constrained")
+    gs = fig.add_gridspec(1, len(grids) + 1, width_ratios=[*widths, max(0.6, sum(widths) / 40)])
+    for i, (blk, g) in enumerate(zip(blocks, grids, strict=True)):
+        extra = _extra_kind(diff, blk)
+        ax = plot_block(
+            fig.add_subplot(gs[0, i]),
+            g,
+            block=blk,
+            vmin=-limit,
+            vmax=limit,
+            cmap=cmap,
+            extra_label=_EXTRA_LABELS.get(extra) if extra else None,
+        )
+        ax.set_xlabel("Target layer (t)")
+        if i == 0:
+            ax.set_ylabel("Source layer (s)")
+    mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(-limit, limit), cmap=cmap)
+    cax = fig.add_subplot(gs[0, -1])
+    fig.colorbar(mappable, cax=cax).set_label("difference of column-scaled |w|", fontsize=8)
+    fig.suptitle(f"{labels[1]} − {labels[0]} (column-normalised reuse)", fontsize=10)
+    return fig
+
+
+def plot_spread(spread: pd.DataFrame, ax: Axes) -> Axes:
+    """Share of sources each target uses (≥ ½ its max), per block, layers then extra column."""
+    for block, g in spread.groupby("block"):
+        ax.plot(g["target"], g["spread"], marker="o", ms=3, label=f"block {block}")
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("target (last point: transition / classifier)")
+    ax.set_ylabel("share of sources ≥ ½ max")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_row0_ratio(least: pd.DataFrame, ax: Axes) -> Axes:
+    """Row 0's weight relative to the median other source, per layer, blocks ≥ 2."""
+    later = least[least["block"] >= 2]
+    for block, g in later.groupby("block"):
+        ax.plot(g["target"], g["row0_vs_median"], marker="o", ms=3, label=f"block {block}")
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("target layer")
+    ax.set_ylabel("row 0 ÷ median other source")
+    if len(later):
+        ax.legend(fontsize=7)
+    return ax
+
+
+def plot_classifier(df: pd.DataFrame, ax: Axes) -> Axes:
+    """The classifier's raw weight per source of the last block."""
+    col = df[df["target_kind"] == "classifier"].sort_values("source")
+    ax.bar(col["source"], col["mean_abs_weight"], color="tab:blue")
+    ax.set_xlabel("source layer of the last block (0 = block input)")
+    ax.set_ylabel("classifier average |w|")
+    return ax
+
+
+def plot_channel_usage(usage: np.ndarray, ax: Axes, *, title: str = "") -> Axes:
+    """Histogram of per-channel usage, with the median and ⅒ of it marked."""
+    median = float(np.median(usage))
+    ax.hist(usage, bins=min(40, max(10, len(usage) // 4)), color="tab:gray")
+    ax.axvline(median, color="black", lw=1, label="median")
+    ax.axvline(0.1 * median, color="tab:red", lw=1, ls="--", label="⅒ median")
+    ax.set_xlabel("mean |w| the next block gives the channel")
+    ax.set_ylabel("channels")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
