@@ -220,18 +220,18 @@ def test_bad_output_extension(tmp_path, kuangliu_path):
     assert result.stderr.startswith("Error: ")
 
 
-def test_failed_render_leaves_no_file(tmp_path, kuangliu_path, monkeypatch):
-    import reuse_analysis.plotting as plotting
+def test_interrupted_write_leaves_no_file(tmp_path, kuangliu_path, monkeypatch):
+    """Ctrl-C while the image is half written: no partial file, no temporary left."""
+    from matplotlib.figure import Figure
 
-    def boom(*a, **k):
+    def half_written(self, fname, **kwargs):
+        with open(fname, "wb") as fh:
+            fh.write(b"\x89PNG partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plotting, "plot_reuse_heatmap", boom)
-    out = tmp_path / "fig.png"
-    with pytest.raises(KeyboardInterrupt):
-        CliRunner().invoke(
-            cli, ["heatmap", str(kuangliu_path), "-o", str(out)], catch_exceptions=False
-        )
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    result = run("heatmap", kuangliu_path, "-o", tmp_path / "fig.png")
+    assert result.exit_code != 0
     assert list(tmp_path.iterdir()) == []
 
 
