@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -117,7 +119,9 @@ def cli() -> None:
     default=None,
     help="Write the value in each cell (default: only when every block is small).",
 )
-@click.option("--dpi", type=click.IntRange(50, 1200), default=200, show_default=True)
+@click.option(
+    "--dpi", type=click.IntRange(50, 1200), default=150, show_default=True, help="PNG resolution."
+)
 @trust_option
 @handles_bad_input
 def heatmap(
@@ -149,7 +153,10 @@ def heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
     with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=output.suffix[1:].lower(), bbox_inches="tight")
+        fmt = output.suffix[1:].lower()
+        # Fast zlib level for PNG: the large flat areas compress well anyway.
+        extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
+        fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
     _note(f"{result.structure.summary()}; concat order {concat_order}")
     click.echo(str(output))
 
@@ -430,5 +437,17 @@ def evaluate(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="reuse-analysis")
+    """Console-script entry point.
+
+    Ends the process with ``os._exit`` once the command has returned: every output is
+    already written, renamed into place and closed, and tearing down torch, pandas and
+    matplotlib module by module would take longer than the analysis of most models.
+    """
+    try:
+        cli.main(prog_name="reuse-analysis")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -148,34 +148,55 @@ def default_title(df: pd.DataFrame, normalize: str) -> str:
     return f"{first}\n{second}" if first else second
 
 
-def plot_reuse_heatmap(
+# Fixed margins of the panel layout, in inches (computed by hand: constrained layout
+# would cost more than everything else in `reuse-analysis heatmap`).
+_LEFT, _GAP, _TOP, _BOTTOM, _BAR, _BAR_ROOM = 0.75, 0.5, 0.95, 0.7, 0.22, 0.9
+_MAX_WIDTH = 22.0
+
+
+def _panel_layout(
+    fig: Figure | None, shapes: Sequence[tuple[int, int]]
+) -> tuple[Figure, list[Axes], Axes, float]:
+    """Side-by-side axes with square cells of one size, top-aligned, and a colour-bar axes."""
+    cols = sum(c for _, c in shapes)
+    rows = max(r for r, _ in shapes)
+    fixed = _LEFT + _GAP * (len(shapes) - 1) + _BAR_ROOM
+    cell = float(np.clip((_MAX_WIDTH - fixed) / cols, 0.08, 0.42))
+    width = max(fixed + cols * cell, 5.0)
+    height = _TOP + rows * cell + _BOTTOM
+    if fig is None:
+        fig = Figure(figsize=(width, height))
+    else:
+        fig.set_size_inches(width, height)
+    axes, x = [], _LEFT
+    for r, c in shapes:
+        rect = (x / width, (height - _TOP - r * cell) / height, c * cell / width, r * cell / height)
+        axes.append(fig.add_axes(rect))
+        x += c * cell + _GAP
+    x += 0.15 - _GAP
+    bar = fig.add_axes(
+        (x / width, (height - _TOP - rows * cell) / height, _BAR / width, rows * cell / height)
+    )
+    return fig, axes, bar, cell
+
+
+def _draw_blocks(
+    fig: Figure | None,
     df: pd.DataFrame,
+    values: pd.Series,
     *,
-    normalize: str = "column",
-    cmap: str = "viridis",
-    title: str | None = None,
-    annotate: bool | None = None,
-    fig: Figure | None = None,
+    vmin: float,
+    vmax: float,
+    cmap: str,
+    annotate: bool | None,
+    bar_label: str,
 ) -> Figure:
-    """The paper's Figure 5: one panel per dense block, one shared colour bar."""
-    _check(df)
-    values = display_values(df, normalize)
     blocks = sorted(int(b) for b in df["block"].unique())
     grids = [block_grid(df, b, values) for b in blocks]
-    vmin, vmax = (0.0, 1.0) if normalize != "none" else (0.0, float(values.max()))
     if annotate is None:
         annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
-    widths = [g.shape[1] for g in grids]
-    rows = max(g.shape[0] for g in grids)
-    cell = float(np.clip(14.0 / sum(widths), 0.12, 0.45))  # inches per cell
-    width = float(np.clip(sum(widths) * cell + 0.6 * len(grids) + 1.6, 5.0, 24.0))
-    height = float(np.clip(rows * cell + 1.8, 3.0, 12.0))
-    if fig is None:
-        fig = Figure(figsize=(width, height), layout="constrained")
-    gs = fig.add_gridspec(1, len(grids) + 1, width_ratios=[*widths, max(0.6, sum(widths) / 40)])
-    axes = []
-    for i, (b, g) in enumerate(zip(blocks, grids, strict=True)):
-        ax = fig.add_subplot(gs[0, i])
+    fig, axes, bar_ax, cell = _panel_layout(fig, [g.shape for g in grids])
+    for ax, b, g in zip(axes, blocks, grids, strict=True):
         extra = _extra_kind(df, b)
         plot_block(
             ax,
@@ -188,17 +209,49 @@ def plot_reuse_heatmap(
             annotate=annotate,
             cell=cell,
         )
-        ax.set_xlabel("Target layer (t)")
-        axes.append(ax)
-    axes[0].set_ylabel("Source layer (s)")
-    cax = fig.add_subplot(gs[0, -1])
-    mappable = mpl.cm.ScalarMappable(
-        norm=mpl.colors.Normalize(vmin, vmax), cmap=mpl.colormaps[cmap]
+        ax.set_xlabel("Target layer (t)", fontsize=9)
+    axes[0].set_ylabel("Source layer (s)", fontsize=9)
+    mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
+    bar = fig.colorbar(mappable, cax=bar_ax)
+    bar.set_label(bar_label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    return fig
+
+
+def plot_reuse_heatmap(
+    df: pd.DataFrame,
+    *,
+    normalize: str = "column",
+    cmap: str = "viridis",
+    title: str | None = None,
+    annotate: bool | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """The paper's Figure 5: one panel per dense block, one shared colour bar.
+
+    Cells are squares of one size in every panel, so blocks of different depth keep
+    their proportions; x is the target layer (then the outlined transition/classifier
+    column), y the source layer with the block input (row 0) at the top.
+    """
+    _check(df)
+    values = display_values(df, normalize)
+    vmax = 1.0 if normalize != "none" else float(values.max())
+    fig = _draw_blocks(
+        fig,
+        df,
+        values,
+        vmin=0.0,
+        vmax=vmax,
+        cmap=cmap,
+        annotate=annotate,
+        bar_label=_COLORBAR_LABELS[normalize],
     )
-    bar = fig.colorbar(mappable, cax=cax)
-    bar.set_label(_COLORBAR_LABELS[normalize], fontsize=8)
-    cax.set_box_aspect(max(rows, 8) / 1.2)
-    fig.suptitle(title if title is not None else default_title(df, normalize), fontsize=10)
+    fig.suptitle(
+        title if title is not None else default_title(df, normalize),
+        fontsize=10,
+        y=1 - 0.12 / fig.get_figheight(),
+        va="top",
+    )
     return fig
 
 
@@ -218,30 +271,23 @@ def plot_difference(
         target_kind=merged["target_kind_a"],
         mean_abs_weight=merged["mean_abs_weight_b"] - merged["mean_abs_weight_a"],
     )[_REQUIRED]
-    blocks = sorted(int(x) for x in diff["block"].unique())
-    grids = [block_grid(diff, blk, "normalized") for blk in blocks]
     limit = float(np.nanmax(np.abs(diff["normalized"]))) or 1.0
-    widths = [g.shape[1] for g in grids]
-    fig = Figure(figsize=(min(24.0, 2.0 + 0.3 * sum(widths)), 4.5), layout="constrained")
-    gs = fig.add_gridspec(1, len(grids) + 1, width_ratios=[*widths, max(0.6, sum(widths) / 40)])
-    for i, (blk, g) in enumerate(zip(blocks, grids, strict=True)):
-        extra = _extra_kind(diff, blk)
-        ax = plot_block(
-            fig.add_subplot(gs[0, i]),
-            g,
-            block=blk,
-            vmin=-limit,
-            vmax=limit,
-            cmap=cmap,
-            extra_label=_EXTRA_LABELS.get(extra) if extra else None,
-        )
-        ax.set_xlabel("Target layer (t)")
-        if i == 0:
-            ax.set_ylabel("Source layer (s)")
-    mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(-limit, limit), cmap=cmap)
-    cax = fig.add_subplot(gs[0, -1])
-    fig.colorbar(mappable, cax=cax).set_label("difference of column-scaled |w|", fontsize=8)
-    fig.suptitle(f"{labels[1]} − {labels[0]} (column-normalised reuse)", fontsize=10)
+    fig = _draw_blocks(
+        None,
+        diff,
+        diff["normalized"],
+        vmin=-limit,
+        vmax=limit,
+        cmap=cmap,
+        annotate=False,
+        bar_label="difference of column-scaled |w|",
+    )
+    fig.suptitle(
+        f"{labels[1]} − {labels[0]} (column-normalised reuse)",
+        fontsize=10,
+        y=1 - 0.12 / fig.get_figheight(),
+        va="top",
+    )
     return fig
 
 

@@ -289,15 +289,17 @@ class _Tree:
     def __init__(self, convs: Sequence[Conv]) -> None:
         self.convs = list(convs)
         self.children: dict[str, set[str]] = {}
+        self._under: dict[str, list[Conv]] = {}
         for conv in convs:
             parts = conv.module.split(".")
-            for depth in range(len(parts)):
-                parent = ".".join(parts[:depth])
-                self.children.setdefault(parent, set()).add(parts[depth])
+            for depth in range(len(parts) + 1):
+                node = ".".join(parts[:depth])
+                self._under.setdefault(node, []).append(conv)
+                if depth < len(parts):
+                    self.children.setdefault(node, set()).add(parts[depth])
 
     def convs_under(self, node: str) -> list[Conv]:
-        prefix = node + "." if node else ""
-        return [c for c in self.convs if c.module == node or c.module.startswith(prefix)]
+        return list(self._under.get(node, ()))
 
     def child_nodes(self, node: str) -> list[str]:
         names = sorted(self.children.get(node, ()), key=_natural_key)
@@ -406,11 +408,18 @@ def _norm_before(state_dict: Mapping[str, torch.Tensor], scope: str, width: int)
     """The first 1-D-weighted module (BatchNorm, …) in ``scope`` that has ``width`` features."""
     prefix = scope + "." if scope else ""
     found = [
-        k.removesuffix(".weight")
-        for k, v in state_dict.items()
-        if k.startswith(prefix) and k.endswith(".weight") and v.dim() == 1 and v.numel() == width
+        k.removesuffix(".weight") for k in _norm_keys(state_dict, width) if k.startswith(prefix)
     ]
     return min(found, key=_natural_key) if found else None
+
+
+def _norm_keys(state_dict: Mapping[str, torch.Tensor], width: int) -> list[str]:
+    """Keys of 1-D ``weight`` tensors with ``width`` entries (normalisation layers)."""
+    return [
+        k
+        for k, v in state_dict.items()
+        if v.dim() == 1 and k.endswith(".weight") and v.shape[0] == width
+    ]
 
 
 def _layers(

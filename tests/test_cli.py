@@ -246,3 +246,22 @@ def test_python_dash_m_and_fast_help_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "heatmap" in out.stdout
     assert "HEAVY []" in out.stdout
+
+
+def test_console_script_end_to_end(tmp_path, kuangliu_path):
+    """The installed entry point: exit codes, stderr and file permissions as a shell sees them."""
+    script = [sys.executable, "-c", "from reuse_analysis.cli import main; main()"]
+    bad = subprocess.run(
+        [*script, "info", str(tmp_path / "nope.pt")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == "" and bad.stderr.startswith("Error: ") and bad.stderr.count("\n") == 1
+    out = tmp_path / "fig.png"
+    good = subprocess.run(
+        [*script, "heatmap", str(kuangliu_path), "-o", str(out)], capture_output=True, text=True
+    )
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == str(out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
