@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
-from reuse_analysis.metrics import reuse_table
+from reuse_analysis.metrics import input_channel_usage, reuse_table
 from reuse_analysis.structure import ConcatOrder, DenseNetStructure, infer_structure
 
 
@@ -31,6 +31,8 @@ class Analysis:
     structure: DenseNetStructure
     checkpoint: LoadedCheckpoint | None
     model_name: str
+    #: Per block and input channel, the mean |w| its layers give it (transition redundancy).
+    usage: pd.DataFrame
 
 
 def _as_state_dict(source: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict:
@@ -72,4 +74,5 @@ def analyze(
             name = type(source).__name__ if isinstance(source, torch.nn.Module) else "state_dict"
     table = reuse_table(state_dict, structure, concat_order)
     table.attrs["model"] = name
-    return Analysis(table, structure, checkpoint, name)
+    usage = input_channel_usage(state_dict, structure, concat_order)
+    return Analysis(table, structure, checkpoint, name, usage)

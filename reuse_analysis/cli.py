@@ -275,6 +275,85 @@ def _info_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PDF to write (default: reports/MODEL-report.pdf, after the first model).",
+)
+@concat_option
+@trust_option
+@handles_bad_input
+def report(
+    models: tuple[Path, ...], output: Path | None, concat_order: str, trust_pickle: bool
+) -> None:
+    """Write a PDF report on one or more MODELS: heatmap, the paper's four observations
+    tested with numbers, transition redundancy, classifier focus and the full table.
+
+    With several models it adds difference heatmaps against the first (e.g. two seeds,
+    or epoch 10 against epoch 300) and their statistics side by side.
+    """
+    output = output or _default_output(models[0], "-report.pdf")
+    if output.suffix.lower() != ".pdf":
+        fail(f"cannot write {output}: a report is a PDF, use the .pdf extension")
+    from reuse_analysis.analysis import analyze
+    from reuse_analysis.report import model_report, write_report
+
+    results = [analyze(m, concat_order=concat_order, trust_pickle=trust_pickle) for m in models]
+    names = [r.model_name for r in results]
+    for i, r in enumerate(results):
+        if names.count(r.model_name) > 1:
+            r.model_name = f"{r.model_name} ({models[i]})"
+            r.table.attrs["model"] = r.model_name
+    write_report([model_report(r) for r in results], output)
+    _note(f"{len(results)} model(s); concat order {concat_order}")
+    click.echo(str(output))
+
+
+@cli.command()
+@model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@concat_option
+@trust_option
+@handles_bad_input
+def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
+    """How much of each transition layer's output the next block uses (MODEL).
+
+    Per transition: weight on its outputs (row 0) against the other sources, the share
+    of channels used less than a tenth as much as the median one, and the compression
+    factor θ that keeps 90 % of the usage.
+    """
+    from reuse_analysis.analysis import analyze
+    from reuse_analysis.report import model_report
+
+    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    reds = model_report(result).redundancy()
+    if as_json:
+        payload = {
+            "model": result.model_name,
+            "structure": result.structure.summary(),
+            "concat_order": concat_order,
+            "transitions": [r.to_dict() for r in reds],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"{model}: {result.structure.summary()} (concat order {concat_order})")
+    if not reds:
+        click.echo("  no transition layer")
+    for r in reds:
+        theta = ""
+        if r.theta_half_supported is not None:
+            theta = f"; θ=0.5 {'supported' if r.theta_half_supported else 'not supported'}"
+        click.echo(
+            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}, "
+            f"row 0 / other sources {r.row0_vs_other:.2f}, weak channels "
+            f"{100 * r.weak_share:.1f} %, 90 % of usage in {r.channels_for_90} channels → "
+            f"suggested θ {r.suggested_theta:.2f}{theta}"
+        )
+
+
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
     if not value:
         return ()

@@ -316,10 +316,14 @@ def plot_row0_ratio(least: pd.DataFrame, ax: Axes) -> Axes:
     return ax
 
 
-def plot_classifier(df: pd.DataFrame, ax: Axes) -> Axes:
-    """The classifier's raw weight per source of the last block."""
+def plot_classifier(df: pd.DataFrame, ax: Axes, *, highlight_last: int = 0) -> Axes:
+    """The classifier's raw weight per source of the last block (last ones highlighted)."""
     col = df[df["target_kind"] == "classifier"].sort_values("source")
-    ax.bar(col["source"], col["mean_abs_weight"], color="tab:blue")
+    colours = ["tab:blue"] * len(col)
+    for i in range(max(0, len(col) - highlight_last), len(col)):
+        colours[i] = "tab:orange"
+    ax.bar(col["source"], col["mean_abs_weight"], color=colours)
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("source layer of the last block (0 = block input)")
     ax.set_ylabel("classifier average |w|")
     return ax

@@ -624,3 +624,33 @@ def _stem(free: Sequence[Conv], transition_keys: set[str], c0: int) -> list[Conv
     if ordered and ordered[-1].out_channels == c0:
         return list(ordered)
     return [c for c in candidates if c.out_channels == c0][:1]
+
+
+def default_input_size(structure: DenseNetStructure) -> int:
+    """224 for an ImageNet-style stem (a 7×7 first convolution), else 32 (CIFAR)."""
+    return 224 if structure.stem and structure.stem[0].kernel[0] >= 7 else 32
+
+
+def estimate_macs(structure: DenseNetStructure, input_size: int | None = None) -> int:
+    """Multiply–accumulates of one forward pass at ``input_size``², from the shapes alone.
+
+    Strides are not stored in weights, so this assumes the common layouts: an ImageNet
+    stem (7×7 first conv) divides the resolution by 4, a CIFAR stem keeps it, and every
+    transition halves it.
+    """
+    size = input_size or default_input_size(structure)
+    side = size / 4 if structure.stem and structure.stem[0].kernel[0] >= 7 else size
+    stem_side = size / 2 if side != size else size
+    macs = sum(_conv_macs(c, stem_side) for c in structure.stem)
+    for block in structure.blocks:
+        macs += sum(_conv_macs(c, side) for layer in block.layers for c in layer.convs)
+        if isinstance(block.extra, Transition):
+            macs += _conv_macs(block.extra.conv, side)
+            side /= 2
+        elif isinstance(block.extra, Classifier):
+            macs += block.extra.in_features * block.extra.num_classes
+    return int(macs)
+
+
+def _conv_macs(conv: Conv, side: float) -> float:
+    return conv.out_channels * conv.in_channels * conv.kernel[0] * conv.kernel[1] * side * side

@@ -1,0 +1,132 @@
+"""Reports: real PDFs written by the command, opened and read back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pypdf
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from reuse_analysis.cli import cli
+from reuse_analysis.models import create_model
+from reuse_analysis.observations import FAILS, HOLDS, INCONCLUSIVE
+
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE)
+
+
+@pytest.fixture(scope="module")
+def bc100(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("m") / "bc100.pt"
+    torch.save(create_model("densenet_bc_100").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bc100_seed1(tmp_path_factory):
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("m") / "bc100_seed1.pt"
+    torch.save(create_model("densenet_bc_100").state_dict(), path)
+    return path
+
+
+def _run(*args, env=None):
+    return CliRunner(env=env).invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _text(reader):
+    return [page.extract_text() for page in reader.pages]
+
+
+def _images(page):
+    return list(page.images)
+
+
+def test_report_pages_verdicts_and_images(tmp_path, bc100):
+    out = tmp_path / "r.pdf"
+    result = _run("report", bc100, "-o", out)
+    assert result.exit_code == 0, result.output
+    reader = pypdf.PdfReader(out)
+    rows = 3 * (17 * 18 // 2)
+    # cover, heatmap, 4 observations, redundancy, classifier, table pages
+    assert len(reader.pages) == 1 + 1 + 4 + 1 + 1 + math.ceil(rows / 96)
+    text = _text(reader)
+    assert "DenseNet-BC, 3 blocks × 16 layers, k=12, θ=0.5" in text[0]
+    assert "769,162" in text[0]  # parameters
+    assert "287.9 M multiply-adds" in text[0]
+    assert "oldest-first" in text[0]
+    for number, page in zip((1, 2, 3, 4), text[2:6], strict=True):
+        assert f"Observation {number}:" in page
+        assert any(v in page for v in VERDICTS), page
+        assert "Threshold" in page and "Statistic" in page
+    assert "Transition redundancy" in text[6] and "suggested θ" in text[6]
+    assert "Classifier focus" in text[7]
+    assert "Appendix" in text[8]
+    assert len(_images(reader.pages[1])) == 3 + 1  # a panel per dense block + colour bar
+    assert reader.metadata["/Author"].startswith("reuse-analysis")
+
+
+def test_report_is_byte_reproducible(tmp_path, bc100):
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    assert _run("report", bc100, "-o", a, env=env).exit_code == 0
+    assert _run("report", bc100, "-o", b, env=env).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "2023-11-14" in pypdf.PdfReader(a).pages[0].extract_text()
+
+
+def test_report_on_densenet121_layout(tmp_path):
+    path = tmp_path / "d121.pth"
+    torch.save(torchvision.models.densenet121().state_dict(), path)
+    out = tmp_path / "d121.pdf"
+    result = _run("report", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    reader = pypdf.PdfReader(out)
+    text = _text(reader)
+    assert "4 blocks (6-12-24-16 layers)" in text[0]
+    assert "224×224" in text[0]
+    assert len(_images(reader.pages[1])) == 4 + 1
+    assert text[6].count("After block") == 3
+
+
+def test_two_models_get_difference_and_comparison_pages(tmp_path, bc100, bc100_seed1):
+    out = tmp_path / "two.pdf"
+    result = _run("report", bc100, bc100_seed1, "-o", out)
+    assert result.exit_code == 0, result.output
+    text = _text(pypdf.PdfReader(out))
+    assert any("bc100_seed1 − bc100" in t for t in text)
+    assert any("Statistics per model" in t for t in text)
+    assert sum("Observation 1:" in t for t in text) == 2
+
+
+def test_default_output_under_reports(tmp_path, bc100, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run("report", bc100)
+    assert result.exit_code == 0
+    assert (tmp_path / "reports" / "bc100-report.pdf").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100])
+def test_failed_report_leaves_no_pdf(tmp_path, bc100, content):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    out = tmp_path / "out" / "r.pdf"
+    result = _run("report", bc100, bad, "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_redundancy_command(bc100):
+    result = _run("redundancy", bc100, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [t["transition"] for t in payload["transitions"]] == [1, 2]
+    assert payload["transitions"][0]["channels"] == 108
+    assert payload["transitions"][1]["compression"] == 0.5
+    text = _run("redundancy", bc100)
+    assert text.exit_code == 0 and "suggested θ" in text.stdout
