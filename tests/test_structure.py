@@ -140,3 +140,23 @@ def test_missing_classifier_is_a_note_not_silence():
     assert any("no classifier" in n for n in s.notes)
     df = reuse_table(sd, s)
     assert set(df[df.block == 4].target_kind) == {"layer"}
+
+
+@pytest.mark.parametrize(("name", "size"), [("densenet_bc_100", 32), ("densenet40", 32)])
+def test_mac_estimate_matches_torch_flop_counter(name, size):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reuse_analysis.models import create_model
+    from reuse_analysis.structure import default_input_size, estimate_macs
+
+    model = create_model(name).eval()
+    s = infer_structure(model.state_dict())
+    assert default_input_size(s) == size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    assert estimate_macs(s) == counter.get_total_flops() // 2
+
+
+def test_mac_estimate_imagenet_stem():
+    s = infer_structure(torchvision.models.densenet121().state_dict())
+    assert estimate_macs(s) == 2_834_161_664  # torch's FlopCounterMode at 224×224, ÷ 2
