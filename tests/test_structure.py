@@ -158,5 +158,7 @@ def test_mac_estimate_matches_torch_flop_counter(name, size):
 
 
 def test_mac_estimate_imagenet_stem():
+    from reuse_analysis.structure import estimate_macs
+
     s = infer_structure(torchvision.models.densenet121().state_dict())
     assert estimate_macs(s) == 2_834_161_664  # torch's FlopCounterMode at 224×224, ÷ 2
