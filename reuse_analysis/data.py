@@ -48,22 +48,89 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, idx: torch.Tensor) -> ImageData:
+        return ImageData(self.images[idx], self.labels[idx])
+
+    def batch(
+        self,
+        idx: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Standardised float images ``idx``, with the paper's "+" augmentation if asked."""
+        x = self.images[idx]
+        if augment:
+            x = random_crop_flip(x, generator or torch.Generator())
+        return normalize(x, mean, std)
+
+
+@dataclass
+class FolderData:
+    """A split of large images read from disk per batch (ImageNet-style crops at 224 px).
+
+    Training batches take a random-resized crop and a flip; evaluation resizes to 256 and
+    takes the central 224 crop. Images decode on a thread pool (PIL releases the GIL).
+    """
+
+    files: list[Path]
+    labels: torch.Tensor
+    size: int = 224
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> FolderData:
+        return FolderData([self.files[i] for i in idx.tolist()], self.labels[idx], self.size)
+
+    def batch(
+        self,
+        idx: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from torchvision.transforms import v2
+
+        if augment:
+            tf = v2.Compose([v2.RandomResizedCrop(self.size), v2.RandomHorizontalFlip()])
+        else:
+            tf = v2.Compose([v2.Resize(round(self.size * 256 / 224)), v2.CenterCrop(self.size)])
+        paths = [self.files[i] for i in idx.tolist()]
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            images = list(pool.map(_read_rgb, paths))
+        # The transforms draw from torch's global generator, which the caller seeds per step.
+        x = torch.stack([tf(img) for img in images])
+        return normalize(x, mean, std)
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
 
 @dataclass
 class DataSet:
     """Train and test splits with what the model and the checkpoint need to know."""
 
     name: str
-    train: ImageData | None
-    test: ImageData | None
+    train: ImageData | FolderData
+    test: ImageData | FolderData
     num_classes: int
     in_channels: int
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
-    #: For large-image folders: the ImageFolder roots, used instead of in-memory tensors.
-    folders: dict[str, Path] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """Plain-data record for checkpoints and model cards."""
@@ -249,17 +316,23 @@ def _imagefolder(path: Path, data_dir: Path, name: str) -> DataSet:
     if side > _IN_MEMORY_MAX_SIDE:
         if "all" in roots:
             raise DataError(f"{path}: large-image folders need train/ and val/ (or test/) splits")
+        test_classes, test_files = _class_files(roots["test"])
+        if test_classes != classes:
+            raise DataError(f"{roots['test']} has other classes than {roots['train']}")
+
+        def split(files: list[tuple[Path, int]]) -> FolderData:
+            return FolderData([f for f, _ in files], torch.tensor([c for _, c in files]))
+
         return DataSet(
             name=name,
-            train=None,
-            test=None,
+            train=split(train_files),
+            test=split(test_files),
             num_classes=len(classes),
             in_channels=3,
             image_size=224,
-            mean=(0.485, 0.456, 0.406),
+            mean=(0.485, 0.456, 0.406),  # the ImageNet statistics everyone uses
             std=(0.229, 0.224, 0.225),
             classes=classes,
-            folders=roots,
         )
     cache = data_dir / f"{name.replace(':', '_').replace('/', '_')[-60:]}.npz"
     if cache.is_file():
@@ -328,7 +401,9 @@ def normalize(
     return (images.float() / 255 - m) / s
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, pad: int = 4
+) -> torch.Tensor:
     """The paper's "+" augmentation on a uint8 batch: random crop with zero padding, flips."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))

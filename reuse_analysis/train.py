@@ -30,8 +30,10 @@ from torch import nn
 
 from reuse_analysis._io import atomic_path
 from reuse_analysis.checkpoint import FORMAT_TAG, save_checkpoint
-from reuse_analysis.data import DataSet, ImageData, augment, load_dataset, normalize
+from reuse_analysis.data import DataSet, FolderData, ImageData, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
+
+Split = ImageData | FolderData  # an in-memory split or large images read per batch
 
 LOG_COLUMNS = [
     "epoch",
@@ -150,17 +152,16 @@ def _batches(indices: list[int], batch_size: int) -> list[list[int]]:
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def _subset(data: ImageData, limit: int | None, seed: int) -> ImageData:
+def _subset(data: Split, limit: int | None, seed: int) -> Split:
     if limit is None or limit >= len(data):
         return data
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[:limit].sort().values
-    return ImageData(data.images[idx], data.labels[idx])
+    return data.subset(torch.randperm(len(data), generator=g)[:limit].sort().values)
 
 
-def first_images(data: ImageData, limit: int | None) -> ImageData:
+def first_images(data: Split, limit: int | None) -> Split:
     """The first ``limit`` images, so that runs and ``evaluate --limit`` see the same ones."""
-    return data if limit is None else ImageData(data.images[:limit], data.labels[:limit])
+    return data if limit is None else data.subset(torch.arange(min(limit, len(data))))
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -170,15 +171,15 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _prepare(x: torch.Tensor, ds: DataSet, device: torch.device, channels_last: bool):
-    x = normalize(x, ds.mean, ds.std).to(device, non_blocking=True)
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    data: ImageData,
+    data: Split,
     ds: DataSet,
     device: torch.device,
     *,
@@ -194,7 +195,8 @@ def evaluate(
     loss_sum, correct = 0.0, 0
     starts = range(0, len(data), batch_size)
     for i in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False):
-        x = _prepare(data.images[i : i + batch_size], ds, device, channels_last)
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        x = _to_device(data.batch(idx, ds.mean, ds.std), device, channels_last)
         y = data.labels[i : i + batch_size].to(device)
         with _autocast(device, amp):
             logits = model(x)
@@ -323,8 +325,6 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
     device = pick_device(cfg.device)
     dist = _init_distributed(device)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    if ds.train is None:
-        raise TrainingError(f"{cfg.dataset}: large-image folders are not supported by train yet")
     train_data = _subset(ds.train, cfg.limit_train, cfg.seed)
     test_data = first_images(ds.test, cfg.limit_test)
     model_path, state_path, log_path = _paths(cfg.out)
@@ -372,10 +372,14 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
                 seed = _step_seed(cfg.seed, epoch, step, dist.rank)
                 torch.manual_seed(seed)
                 idx = torch.tensor(batches[step])
-                x = train_data.images[idx]
-                if cfg.augment:
-                    x = augment(x, torch.Generator().manual_seed(seed))
-                x = _prepare(x, ds, device, cfg.channels_last)
+                x = train_data.batch(
+                    idx,
+                    ds.mean,
+                    ds.std,
+                    augment=cfg.augment,
+                    generator=torch.Generator().manual_seed(seed),
+                )
+                x = _to_device(x, device, cfg.channels_last)
                 y = train_data.labels[idx].to(device)
                 with _autocast(device, cfg.amp):
                     logits = model(x)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reuse_analysis.data import DataError, augment, load_dataset, normalize
+from reuse_analysis.data import DataError, load_dataset, normalize
+from reuse_analysis.data import random_crop_flip as augment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

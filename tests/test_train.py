@@ -176,3 +176,32 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_npz):
 
     res = evaluate_checkpoint(out, data_dir=str(tmp_path / "cache"), device="cpu")
     assert res["accuracy"] == pytest.approx(load_checkpoint(out).meta["test_acc"])
+
+
+def test_imagenet_preset_trains_on_a_large_image_folder(tmp_path):
+    """Large images stream from disk with 224-pixel crops (tiny model, two classes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for j in range(4):
+                pixels = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"{j}.jpg")
+    cfg = TrainConfig(
+        arch="densenet121",
+        dataset=f"imagefolder:{tmp_path / 'imgs'}",
+        data_dir=str(tmp_path / "cache"),
+        epochs=1,
+        batch_size=4,
+        out=str(tmp_path / "in.pt"),
+        device="cpu",
+        model_overrides={"growth_rate": 4, "block_config": (2, 2), "num_init_features": 8},
+    )
+    summary = train(cfg)
+    ckpt = load_checkpoint(tmp_path / "in.pt")
+    assert ckpt.config["stem"] == "imagenet" and ckpt.config["num_classes"] == 2
+    assert ckpt.meta["dataset"]["image_size"] == 224
+    assert 0 <= summary["test_acc"] <= 1
