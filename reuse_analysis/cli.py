@@ -354,6 +354,35 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
         )
 
 
+@cli.command()
+@model_argument
+@click.option(
+    "--command", "train_command", required=True, help="The exact command that trained MODEL."
+)
+@click.option("--notes", default="", help="Free text: how far the schedule was shortened, etc.")
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+    help="Card to write (default: MODEL with the extension .card.json).",
+)  # fmt: skip
+@handles_bad_input
+def card(
+    model: Path, train_command: str, notes: str, data_dir: str, device: str, output: Path | None
+) -> None:
+    """Write a model card (JSON) for a checkpoint made by `train`: config, data, epochs,
+    accuracy on the whole test split, the command, hardware and wall time."""
+    from reuse_analysis.modelcard import make_card, write_card
+
+    output = output or model.with_suffix(".card.json")
+    made = make_card(model, command=train_command, notes=notes, data_dir=data_dir, device=device)
+    write_card(made, output)
+    _note(f"test accuracy {100 * made['test_accuracy']:.2f} % on {made['test_images']} images")
+    click.echo(str(output))
+
+
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
     if not value:
         return ()

@@ -132,6 +132,17 @@ def test_train_and_evaluate_commands(tmp_path, tiny_npz):
     assert payload["images"] == 32 and payload["dataset"] == f"npz:{tiny_npz}"
     recorded = load_checkpoint(out).meta["test_acc"]
     assert payload["accuracy"] == pytest.approx(recorded)
+    card = runner.invoke(
+        cli,
+        ["card", str(out), "--command", "reuse-analysis train ...", "--notes", "tiny",
+         "--data-dir", str(tmp_path / "cache")],
+    )  # fmt: skip
+    assert card.exit_code == 0, card.output
+    made = json.loads(out.with_suffix(".card.json").read_text())
+    assert made["arch"] == "densenet_bc_100" and made["epochs"] == 1
+    assert made["test_images"] == 32 and made["test_accuracy"] == pytest.approx(recorded, abs=1e-4)
+    assert made["config"]["growth_rate"] == 12 and made["command"].startswith("reuse-analysis")
+    assert made["data"]["name"] == f"npz:{tiny_npz}" and "cores" in made["hardware"]
 
 
 def test_unknown_arch_and_dataset_are_clean_errors(tmp_path, tiny_npz):
