@@ -265,3 +265,30 @@ def test_console_script_end_to_end(tmp_path, kuangliu_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_round_trip_of_the_house_cifar_model(tmp_path):
+    """Our own DenseNet-BC-100, saved with its config: inferred = configured, rebuilt = same."""
+    from reuse_analysis.checkpoint import load_checkpoint, save_checkpoint
+    from reuse_analysis.evaluation import rebuild_model
+    from reuse_analysis.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("densenet_bc_100").eval()
+    path = save_checkpoint(
+        tmp_path / "bc.pt",
+        model.state_dict(),
+        arch="densenet_bc_100",
+        config=model.config.to_dict(),
+    )
+    info = json.loads(run("info", path, "--json").stdout)
+    assert info["arch"] == "densenet_bc_100"
+    assert [b["num_layers"] for b in info["blocks"]] == list(model.config.block_config)
+    assert {b["growth_rate"] for b in info["blocks"]} == {model.config.growth_rate}
+    assert info["blocks"][0]["in_channels"] == model.config.num_init_features
+    assert info["blocks"][0]["extra"]["compression"] == model.config.compression
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuild_model(load_checkpoint(path)).eval()(x), model(x))
+    table = pd.read_csv(StringIO(run("table", path).stdout))
+    assert len(table) == 3 * 17 * 18 // 2
