@@ -78,6 +78,12 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _notes(result: Any) -> None:
+    """What inference could not make sense of, so that nothing is left out silently."""
+    for note in result.structure.notes:
+        _note(f"note: {note}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reuse-analysis")
 def cli() -> None:
@@ -158,6 +164,7 @@ def heatmap(
         extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
         fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
     _note(f"{result.structure.summary()}; concat order {concat_order}")
+    _notes(result)
     click.echo(str(output))
 
 
@@ -201,6 +208,7 @@ def table(
         write_text_atomic(output, text)
         click.echo(str(output))
     _note(f"{result.structure.summary()}; concat order {concat_order} (assumed)")
+    _notes(result)
 
 
 def _table_text(result: Any, fmt: str) -> str:
