@@ -69,7 +69,7 @@ def analyze(
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
     if name is None:
         if checkpoint is not None:
-            name = checkpoint.arch or Path(checkpoint.path).stem
+            name = Path(checkpoint.path).stem
         else:
             name = type(source).__name__ if isinstance(source, torch.nn.Module) else "state_dict"
     table = reuse_table(state_dict, structure, concat_order)
