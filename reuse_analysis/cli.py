@@ -466,7 +466,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--limit-train", type=click.IntRange(1), help="Train on a fixed random subset of N images."
 )
 @click.option(
-    "--limit-test", type=click.IntRange(1), help="Evaluate on the first N test images only."
+    "--limit-test",
+    type=click.IntRange(1),
+    help="Evaluate on a fixed random subset of N test images.",
 )
 @click.option(
     "--checkpoint-minutes",
@@ -510,7 +512,9 @@ def train(**kwargs: Any) -> None:
 )
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--limit", type=click.IntRange(1), help="Evaluate on the first N test images only.")
+@click.option(
+    "--limit", type=click.IntRange(1), help="Evaluate on a fixed random subset of N test images."
+)
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),

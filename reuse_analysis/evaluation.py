@@ -8,7 +8,7 @@ from typing import Any
 from reuse_analysis.checkpoint import load_checkpoint
 from reuse_analysis.data import load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.train import evaluate, first_images, pick_device
+from reuse_analysis.train import eval_subset, evaluate, pick_device
 
 
 def rebuild_model(checkpoint: Any):
@@ -53,7 +53,7 @@ def evaluate_checkpoint(
         ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
     if ds.test is None:
         raise ReuseAnalysisError(f"{name}: no in-memory test split to evaluate on")
-    test = first_images(ds.test, limit)
+    test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)
     return {"model": str(path), "dataset": name, "images": len(test), "accuracy": acc, "loss": loss}

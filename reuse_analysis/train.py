@@ -70,7 +70,7 @@ class TrainConfig:
     memory_efficient: bool = False  # recompute bottlenecks in backward: less memory
     snapshot_epochs: tuple[int, ...] = ()  # also keep out-epochN.pt after these epochs
     limit_train: int | None = None  # use a fixed random subset of the training images
-    limit_test: int | None = None  # evaluate on the first N test images only
+    limit_test: int | None = None  # evaluate on a fixed random subset of N test images
     checkpoint_minutes: float = 10.0  # mid-epoch checkpoints this often (long CPU epochs)
     eval_batch_size: int = 256
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -159,9 +159,12 @@ def _subset(data: Split, limit: int | None, seed: int) -> Split:
     return data.subset(torch.randperm(len(data), generator=g)[:limit].sort().values)
 
 
-def first_images(data: Split, limit: int | None) -> Split:
-    """The first ``limit`` images, so that runs and ``evaluate --limit`` see the same ones."""
-    return data if limit is None else data.subset(torch.arange(min(limit, len(data))))
+def eval_subset(data: Split, limit: int | None) -> Split:
+    """A fixed random ``limit`` of the test images (the same in training and ``evaluate``).
+
+    Random rather than the first ones: image folders list their files class by class.
+    """
+    return _subset(data, limit, seed=0)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -326,7 +329,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
     dist = _init_distributed(device)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     train_data = _subset(ds.train, cfg.limit_train, cfg.seed)
-    test_data = first_images(ds.test, cfg.limit_test)
+    test_data = eval_subset(ds.test, cfg.limit_test)
     model_path, state_path, log_path = _paths(cfg.out)
 
     torch.manual_seed(cfg.seed)
