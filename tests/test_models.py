@@ -212,11 +212,140 @@ def _output_and_grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("variant", [{"bn_size": 0, "compression": 1.0}, {}])
-def test_memory_efficient_matches_the_normal_path(variant):
+def _set_fused(model: nn.Module, fused: bool) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, densenet_module._DenseBlock):
+            m.fused = fused
+    return model
+
+
+def _twins(cfg: DenseNetConfig, channels_last: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The same weights twice: fused dense blocks (the default) and layer by layer."""
     torch.manual_seed(0)
-    plain = DenseNet(tiny_config(**variant))
-    efficient = DenseNet(tiny_config(**variant, memory_efficient=True))
+    fused = DenseNet(cfg)
+    for m in fused.modules():  # BN away from identity, so that mistakes show
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    plain = _set_fused(DenseNet(cfg), False)
+    plain.load_state_dict(fused.state_dict())
+    if channels_last:
+        fused.to(memory_format=torch.channels_last)
+        plain.to(memory_format=torch.channels_last)
+    return fused, plain
+
+
+def _train_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """One SGD step; returns the outputs, the parameter gradients and the input gradient."""
+    model.train()
+    x = x.clone().requires_grad_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()  # unequal output gradients
+    grads = [p.grad.clone() for p in model.parameters()]
+    optimizer.step()
+    return out.detach(), grads, x.grad
+
+
+def _assert_close(a, b, what, atol=1e-5, rtol=1e-4):
+    assert torch.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max |Δ| {(a - b).abs().max()}"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # DenseNet-BC: bottleneck layers
+        {"memory_efficient": True},  # bottleneck recomputed in backward
+        {"bn_size": 0, "compression": 1.0},  # plain layers: one 3×3 conv each
+    ],
+    ids=["BC", "BC-memory-efficient", "plain"],
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_fused_blocks_match_layer_by_layer(overrides, channels_last, monkeypatch):
+    # Chunks of a few rows, so that the chunked loops run more than once on a small input.
+    monkeypatch.setattr(densenet_module._efficient, "_CHUNK_BYTES", 512)
+    fused, plain = _twins(tiny_config(**overrides), channels_last)
+    x = torch.randn(3, 3, 12, 12) * 2 + 1
+    with mock.patch.object(
+        densenet_module._efficient, "dense_block", wraps=densenet_module._efficient.dense_block
+    ) as spy:
+        out_f, grads_f, gx_f = _train_step(fused, x)
+    assert spy.call_count == len(fused.config.block_config)
+    out_p, grads_p, gx_p = _train_step(plain, x)
+    _assert_close(out_f, out_p, "outputs")
+    _assert_close(gx_f, gx_p, "input gradient")
+    names = [name for name, _ in fused.named_parameters()]
+    for name, a, b in zip(names, grads_f, grads_p, strict=True):
+        _assert_close(a, b, f"gradient of {name}")
+    # Running statistics are updated once per step, as nn.BatchNorm2d does.
+    buffers_p = dict(plain.named_buffers())
+    for name, buffer in fused.named_buffers():
+        _assert_close(buffer.float(), buffers_p[name].float(), name, atol=1e-6)
+    # After the step both see the same weights; eval mode uses the running statistics.
+    fused.eval(), plain.eval()
+    with torch.no_grad():
+        _assert_close(fused(x), plain(x), "eval outputs")
+
+
+def test_fused_blocks_follow_cumulative_bn_momentum():
+    fused, plain = _twins(tiny_config())
+    for m in [*fused.modules(), *plain.modules()]:
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # running stats: the mean over all batches so far
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(2):
+        _train_step(fused, x), _train_step(plain, x)
+    buffers_p = dict(plain.named_buffers())
+    for name, buffer in fused.named_buffers():
+        _assert_close(buffer.float(), buffers_p[name].float(), name, atol=1e-6)
+
+
+def test_fused_blocks_fall_back_where_they_do_not_apply():
+    block = densenet_module._efficient
+    x = torch.randn(2, 3, 8, 8)
+    with mock.patch.object(block, "dense_block", wraps=block.dense_block) as spy:
+        DenseNet(tiny_config(drop_rate=0.2)).train()(x)  # dropout while training
+        assert spy.call_count == 0
+        with torch.no_grad():
+            DenseNet(tiny_config(drop_rate=0.2)).eval()(x)  # dropout is off in eval mode
+        assert spy.call_count == 3
+        DenseNet(tiny_config()).eval()(x.clone().requires_grad_())  # gradients in eval mode
+        assert spy.call_count == 3
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            DenseNet(tiny_config()).train()(x)
+        assert spy.call_count == 3
+
+
+def test_fused_blocks_make_way_for_layer_hooks():
+    model = DenseNet(tiny_config())
+    seen = []
+    layer = model.features.denseblock2.denselayer2
+    handle = layer.register_forward_hook(lambda m, inputs, out: seen.append(out.shape))
+    model(torch.randn(2, 3, 8, 8))
+    assert seen == [(2, 4, 4, 4)]
+    handle.remove()
+    model(torch.randn(2, 3, 8, 8))
+    assert len(seen) == 1
+
+
+def test_eval_mode_gradients_match_layer_by_layer():
+    fused, plain = _twins(tiny_config())
+    fused.eval(), plain.eval()
+    x = torch.randn(2, 3, 8, 8)
+    grads = []
+    for model in (fused, plain):
+        xi = x.clone().requires_grad_()
+        model(xi).sum().backward()
+        grads.append(xi.grad)
+    _assert_close(*grads, "input gradient")
+
+
+@pytest.mark.parametrize("variant", [{"bn_size": 0, "compression": 1.0}, {}])
+def test_memory_efficient_checkpointing_matches_the_normal_path(variant):
+    # Layer by layer (the path dropout needs), memory_efficient checkpoints each first conv.
+    torch.manual_seed(0)
+    plain = _set_fused(DenseNet(tiny_config(**variant)), False)
+    efficient = _set_fused(DenseNet(tiny_config(**variant, memory_efficient=True)), False)
     efficient.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 16, 16)
     with mock.patch.object(

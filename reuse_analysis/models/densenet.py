@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from reuse_analysis.models import _efficient
+
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
 
 
@@ -40,7 +42,7 @@ class DenseNetConfig:
     num_classes: int = 10  # classifier outputs
     in_channels: int = 3  # image channels (1 for grayscale)
     stem: str = "cifar"  # "cifar": 3×3 conv; "imagenet": 7×7/2 conv, BN, ReLU, 3×3/2 max-pool
-    memory_efficient: bool = False  # recompute each layer's first conv in backward (saves memory)
+    memory_efficient: bool = False  # recompute each bottleneck conv in backward: less memory
 
     def __post_init__(self) -> None:
         # Accept a list (JSON has no tuples) but store a tuple so the config stays hashable.
@@ -218,7 +220,14 @@ class _DenseLayer(nn.Module):
 
 class _DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers; layer t reads cat([x0, …, x_{t-1}]), the block returns
-    cat([x0, …, x_L])."""
+    cat([x0, …, x_L]).
+
+    By default (``fused = True``) the block runs as one fused operation over a shared
+    channels-last buffer (:mod:`reuse_analysis.models._efficient`): no concatenations,
+    memory linear in depth, the same numbers. It runs layer by layer instead where the fused
+    path does not apply: dropout while training, autocast, gradients in eval mode, hooks on
+    a layer, ``torch.compile`` or FX tracing, or ``fused = False``.
+    """
 
     def __init__(
         self,
@@ -230,6 +239,8 @@ class _DenseBlock(nn.ModuleDict):
         memory_efficient: bool = False,
     ) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
+        self.fused = True
         for i in range(num_layers):
             layer = _DenseLayer(
                 num_input_features + i * growth_rate,
@@ -240,11 +251,31 @@ class _DenseBlock(nn.ModuleDict):
             )
             self.add_module(f"denselayer{i + 1}", layer)
 
+    def _can_fuse(self, layers: list[nn.Module], x: Tensor) -> bool:
+        if not self.fused or not isinstance(x, Tensor) or torch.compiler.is_compiling():
+            return False
+        # Hooks expect every submodule to be called.
+        hooked = [
+            nn.modules.module._global_forward_hooks,
+            nn.modules.module._global_forward_pre_hooks,
+        ]
+        hooked += [h for layer in layers for m in layer.modules() for h in _hooks(m)]
+        if any(hooked):
+            return False
+        return _efficient.supports(layers, x)
+
     def forward(self, init_features: Tensor) -> Tensor:
+        layers = list(self.values())
+        if self._can_fuse(layers, init_features):
+            return _efficient.dense_block(init_features, layers, self.memory_efficient)
         features = [init_features]
-        for layer in self.values():
+        for layer in layers:
             features.append(layer(features))
         return torch.cat(features, 1)
+
+
+def _hooks(m: nn.Module) -> tuple[dict, ...]:
+    return m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks
 
 
 class _Transition(nn.Sequential):
@@ -281,8 +312,18 @@ class DenseNet(nn.Module):
     with ``denselayer{l}``, ``transition{b}``, ``norm5``) then ``classifier``. One deliberate
     difference: with ``drop_rate > 0`` dropout follows every convolution but the stem's, as
     in the paper (§4.2), where torchvision drops only each layer's output. Dropout has no
-    parameters, so checkpoints are interchangeable either way. ``memory_efficient=True``
-    gives the same outputs, gradients and BN running statistics as the normal path.
+    parameters, so checkpoints are interchangeable either way.
+
+    Speed and memory: each dense block runs fused over one shared channels-last buffer (see
+    ``_DenseBlock``), which stores the block's output plus each layer's ``4k``-channel
+    bottleneck output for backward, where torchvision's layers store every concatenation
+    twice (memory quadratic in depth). ``memory_efficient=True`` stores only the block's
+    output and recomputes the bottleneck convs in backward (one more 1×1 conv per layer).
+    Where the fused path does not apply (dropout while training, autocast …) layers run one
+    by one, and ``memory_efficient=True`` then checkpoints each layer's first conv instead.
+    All paths give the same outputs, gradients and BN running statistics up to float
+    rounding. ``model.to(memory_format=torch.channels_last)`` with channels-last inputs is
+    the fastest layout on CPU (the fused blocks are channels-last inside either way).
     """
 
     def __init__(self, config: DenseNetConfig) -> None:

@@ -1,0 +1,361 @@
+"""A dense block that trains fast and lean: one shared feature buffer, no concatenations.
+
+A naive dense block concatenates its features anew for every layer and normalises each
+concatenation, so it stores ``O(L²)`` channels for backward and moves them through memory
+several times. This implementation
+
+* allocates the block's output once, channels-last (NHWC), seen as a ``[pixels, channels]``
+  matrix; each layer writes its ``k`` new channels into its own column slice and layer ``t``
+  reads the first ``c_t`` columns in place (a strided view: no copy, no ``torch.cat``);
+* computes each channel's batch mean and variance once, when the channel is written, and
+  reuses them in every BatchNorm that reads the channel later (a channel's statistics do not
+  depend on the layer that normalises it; only the affine parameters do);
+* runs BN→ReLU→1×1 conv over row chunks of the buffer that stay in cache, so the widest
+  tensor of every bottleneck layer, its normalised input, never exists in full;
+* runs the whole block as one :class:`torch.autograd.Function` that saves only the buffer,
+  per-channel statistics and (unless ``memory_efficient``) each layer's ``4k``-channel
+  bottleneck output, and recomputes the rest in backward — the memory-efficient DenseNet of
+  Pleiss et al. (2017) without re-running BatchNorm's running-statistics update (which
+  torchvision's checkpointed layers do twice per step);
+* accumulates all input gradients in one gradient buffer of the block's width. BatchNorm's
+  backward, ``k·g + (x − μ)·a + b`` with per-channel ``a, b``, adds only ``k·g`` per layer:
+  because every layer sees the same ``x`` and ``μ`` for a channel, the ``a, b`` terms are
+  summed over layers and applied once per channel, when the channel's gradient is complete.
+
+Outputs, parameter gradients and BN running statistics equal the plain implementation's up
+to float rounding. Supported: bottleneck (-B/-BC) and plain layers, any BN momentum (``None``
+= cumulative average), float32/float64, any device. Not supported (:func:`supports` says so
+and the caller uses the plain path): dropout while training, autocast, BatchNorm without
+affine parameters or running statistics, BN layers in a different mode than their layer,
+differentiating in eval mode, and double backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+# Rows per chunk: about this many bytes of the widest layer input, so that a chunk of the
+# normalised input and of its gradient stay in cache between the ops that use them.
+_CHUNK_BYTES = 1 << 20
+
+
+def supports(layers: Sequence[nn.Module], x: Tensor) -> bool:
+    """Whether :func:`dense_block` can run ``layers`` (``_DenseLayer``\\ s) on ``x``."""
+    if not layers or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    training = layers[0].training
+    if torch.is_grad_enabled() and not training:
+        return False
+    bottleneck = layers[0].bottleneck
+    for layer in layers:
+        if layer.training != training or layer.bottleneck != bottleneck:
+            return False
+        if training and any(
+            not isinstance(getattr(layer, name, None), (nn.Identity, type(None)))
+            for name in ("drop1", "drop2")
+        ):
+            return False
+        for norm in (layer.norm1, layer.norm2) if bottleneck else (layer.norm1,):
+            if not (norm.affine and norm.track_running_stats) or norm.training != training:
+                return False
+    return True
+
+
+@dataclass
+class _Plan:
+    """What the autograd function needs besides the tensors it differentiates."""
+
+    norms1: list[nn.BatchNorm2d]  # each layer's norm1 (eps, momentum, running statistics)
+    norms2: list[nn.BatchNorm2d] | None  # each layer's norm2; None for plain layers
+    growth_rate: int  # k: channels each layer writes
+    training: bool  # normalise with batch statistics and update the running ones
+    store_bottleneck: bool  # keep each 1×1-conv output for backward instead of recomputing it
+
+    @property
+    def per_layer(self) -> int:
+        """Parameters per layer: norm1.{weight,bias}, conv1.weight (+ the same for norm2/conv2)."""
+        return 3 if self.norms2 is None else 6
+
+
+def dense_block(x0: Tensor, layers: Sequence[nn.Module], memory_efficient: bool) -> Tensor:
+    """``cat([x0, x1, …, xL], 1)`` of a dense block, computed in one channels-last buffer.
+
+    ``layers`` are ``_DenseLayer`` modules for which :func:`supports` holds. With
+    ``memory_efficient`` the bottleneck conv is recomputed in backward instead of stored (one
+    more matrix product per layer; ``4k`` channels less memory per layer)."""
+    bottleneck = layers[0].bottleneck
+    plan = _Plan(
+        norms1=[layer.norm1 for layer in layers],
+        norms2=[layer.norm2 for layer in layers] if bottleneck else None,
+        growth_rate=(layers[0].conv2 if bottleneck else layers[0].conv1).out_channels,
+        training=layers[0].training,
+        store_bottleneck=bottleneck and not memory_efficient,
+    )
+    params: list[Tensor] = []
+    for layer in layers:
+        params += [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
+        if bottleneck:
+            params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
+    if torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params)):
+        return _DenseBlockFunction.apply(x0, plan, *params)
+    with torch.no_grad():
+        return _forward(x0, plan, params, save=False)[0]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _nchw(m: Tensor, n: int, h: int, w: int) -> Tensor:
+    """A ``[n·h·w, c]`` matrix viewed as an ``[n, c, h, w]`` channels-last tensor."""
+    return m.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _matrix(t: Tensor) -> Tensor:
+    """An ``[n, c, h, w]`` tensor as an ``[n·h·w, c]`` matrix (a view when channels-last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _chunks(rows: int, width: int, itemsize: int) -> list[slice]:
+    """Row ranges of about ``_CHUNK_BYTES`` of a ``[rows, width]`` matrix each."""
+    step = max(64, _CHUNK_BYTES // (width * itemsize))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _scratch(like: Tensor, widest: int) -> Tensor:
+    """Room for one chunk of any layer (a chunk is at most 64 rows more than _CHUNK_BYTES)."""
+    return like.new_empty(_CHUNK_BYTES // like.element_size() + 64 * widest)
+
+
+def _var_mean(m: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-column biased variance and mean of a ``[pixels, c]`` matrix (two passes)."""
+    mean = m.sum(0).div_(m.shape[0])
+    var = (m - mean).square_().sum(0).div_(m.shape[0])
+    return var, mean
+
+
+def _momentum(norm: nn.BatchNorm2d) -> float:
+    """nn.BatchNorm2d's running-average factor; counts the batch as its forward does."""
+    if norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:
+        return 1.0 / float(norm.num_batches_tracked)
+    return norm.momentum
+
+
+def _update_running(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
+    """nn.BatchNorm2d's running-statistics update from a batch's mean and biased variance."""
+    factor = _momentum(norm)
+    norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+    norm.running_var.mul_(1 - factor).add_(var, alpha=factor * count / max(count - 1, 1))
+
+
+def _scale_shift(
+    mean: Tensor, var: Tensor, eps: float, weight: Tensor, bias: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm as ``x·scale + shift`` (the form PyTorch's CPU kernel uses) and 1/σ."""
+    invstd = torch.rsqrt(var + eps)
+    scale = weight * invstd
+    return scale, bias - mean * scale, invstd
+
+
+def _bn_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.addcmul(shift, x, scale, out=out).relu_()
+
+
+def _conv_backward(g: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Input and weight gradients of a stride-1 'same' convolution without bias."""
+    pad = weight.shape[-1] // 2
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        g, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+    return gx, gw
+
+
+def _bottleneck(x: Tensor, scale1: Tensor, shift1: Tensor, w1: Tensor, ws: Tensor) -> Tensor:
+    """``relu(x·scale1 + shift1) @ w1ᵀ``, a chunk of rows at a time (``ws``: scratch)."""
+    c = x.shape[1]
+    y = x.new_empty(x.shape[0], w1.shape[0])
+    for r in _chunks(x.shape[0], c, x.element_size()):
+        z = _bn_relu(x[r], scale1, shift1, out=ws[: (r.stop - r.start) * c].view(-1, c))
+        torch.mm(z, w1.t(), out=y[r])
+    return y
+
+
+# ----------------------------------------------------------------------------- forward
+def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
+    n, c0, h, w = x0.shape
+    k, per = plan.growth_rate, plan.per_layer
+    num_layers = len(plan.norms1)
+    width = c0 + k * num_layers
+    pixels = n * h * w
+    buf = x0.new_empty(n, h, w, width)
+    mat = buf.view(pixels, width)
+    buf[..., :c0].copy_(x0.permute(0, 2, 3, 1))
+
+    means = vars_ = None
+    if plan.training:
+        means, vars_ = x0.new_empty(width), x0.new_empty(width)
+        vars_[:c0], means[:c0] = _var_mean(mat[:, :c0])
+    widest = width - k
+    # Scratch for the normalised input: a chunk of rows for a bottleneck layer, all of it
+    # for a plain layer's 3×3 conv.
+    ws = _scratch(x0, widest) if plan.norms2 is not None else x0.new_empty(pixels * widest)
+    saved = []
+    for t in range(num_layers):
+        p = params[per * t : per * (t + 1)]
+        c = c0 + k * t
+        x = mat[:, :c]
+        norm1 = plan.norms1[t]
+        if plan.training:
+            mean1, var1 = means[:c], vars_[:c]
+            _update_running(norm1, mean1, var1, pixels)
+        else:
+            mean1, var1 = norm1.running_mean, norm1.running_var
+        scale1, shift1, _ = _scale_shift(mean1, var1, norm1.eps, p[0], p[1])
+        if plan.norms2 is not None:
+            y = _bottleneck(x, scale1, shift1, p[2].reshape(p[2].shape[0], c), ws)
+            norm2 = plan.norms2[t]
+            momentum = _momentum(norm2) if plan.training else 0.0
+            a, mean2, invstd2 = torch.native_batch_norm(
+                _nchw(y, n, h, w), p[3], p[4], norm2.running_mean, norm2.running_var,
+                plan.training, momentum, norm2.eps,
+            )  # fmt: skip
+            out = F.conv2d(a.relu_(), p[5], padding=1)
+            del a
+            if save:
+                saved.append((mean2, invstd2, y if plan.store_bottleneck else None))
+            del y
+        else:
+            z = _bn_relu(x, scale1, shift1, out=ws[: pixels * c].view(pixels, c))
+            out = F.conv2d(_nchw(z, n, h, w), p[2], padding=1)
+        new = _matrix(out)
+        mat[:, c : c + k].copy_(new)
+        if plan.training:
+            vars_[c : c + k], means[c : c + k] = _var_mean(new)
+        del out, new
+    return buf.permute(0, 3, 1, 2), means, vars_, saved
+
+
+# ----------------------------------------------------------------------------- autograd
+class _DenseBlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x0: Tensor, plan: _Plan, *params: Tensor) -> Tensor:
+        out, means, vars_, saved = _forward(x0, plan, params, save=True)
+        ctx.plan = plan
+        ctx.c0 = x0.shape[1]
+        ctx.x0_channels_last = x0.is_contiguous(memory_format=torch.channels_last)
+        flat = [s for layer in saved for s in layer if s is not None]
+        ctx.save_for_backward(out, means, vars_, *params, *flat)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        plan: _Plan = ctx.plan
+        out, means, vars_, *rest = ctx.saved_tensors
+        k, per, c0 = plan.growth_rate, plan.per_layer, ctx.c0
+        num_layers = len(plan.norms1)
+        params = rest[: per * num_layers]
+        extra = iter(rest[per * num_layers :])
+        saved = []
+        if plan.norms2 is not None:
+            for _ in range(num_layers):
+                mean2, invstd2 = next(extra), next(extra)
+                saved.append((mean2, invstd2, next(extra) if plan.store_bottleneck else None))
+
+        n, width, h, w = out.shape
+        pixels = n * h * w
+        mat = _matrix(out)
+        # One gradient buffer for the whole block; every layer adds its input gradient to it.
+        gbuf = grad_out.new_empty(n, h, w, width)
+        gbuf.copy_(grad_out.permute(0, 2, 3, 1))
+        gmat = gbuf.view(pixels, width)
+        # BatchNorm backward's per-channel terms, applied once per channel (see module doc):
+        # gradient[:, j] += (x[:, j] − μ_j)·coef_x[j] + coef_c[j].
+        coef_x = torch.zeros_like(means)
+        coef_c = torch.zeros_like(means)
+
+        def finish(cols: slice) -> None:
+            centred = mat[:, cols] - means[cols]
+            gmat[:, cols].addcmul_(centred, coef_x[cols]).add_(coef_c[cols])
+
+        widest = width - k
+        ws_z, ws_g = _scratch(out, widest), _scratch(out, widest)
+        grads: list[Tensor | None] = [None] * len(params)
+        for t in range(num_layers - 1, -1, -1):
+            p = params[per * t : per * (t + 1)]
+            g: list[Tensor | None] = [None] * per
+            c = c0 + k * t
+            finish(slice(c, c + k))  # layers after t, the only readers of x_t, are done
+            gnew = _nchw(gmat[:, c : c + k], n, h, w)
+            x = mat[:, :c]
+            norm1 = plan.norms1[t]
+            mean1 = means[:c]
+            scale1, shift1, invstd1 = _scale_shift(mean1, vars_[:c], norm1.eps, p[0], p[1])
+            sum_g = x.new_zeros(c)
+            sum_gx = x.new_zeros(c)  # Σ g·(x − μ)
+            rows = _chunks(pixels, c, x.element_size())
+            if plan.norms2 is not None:
+                norm2 = plan.norms2[t]
+                mean2, invstd2, y = saved[t]
+                w1 = p[2].reshape(p[2].shape[0], c)
+                if y is None:
+                    y = _bottleneck(x, scale1, shift1, w1, ws_z)
+                scale2 = p[3] * invstd2
+                a = _bn_relu(y, scale2, p[4] - mean2 * scale2)
+                ga, g[5] = _conv_backward(gnew, _nchw(a, n, h, w), p[5])
+                ga = torch.ops.aten.threshold_backward(ga, _nchw(a, n, h, w), 0)
+                del a
+                gy, g[3], g[4] = torch.ops.aten.native_batch_norm_backward(
+                    ga, _nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
+                    True, norm2.eps, [True, True, True],
+                )  # fmt: skip
+                del ga, y
+                gy = _matrix(gy)
+                gw1 = x.new_zeros(w1.shape)
+                for r in rows:
+                    size = (r.stop - r.start) * c
+                    z = _bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
+                    gw1.addmm_(gy[r].t(), z)
+                    gz = torch.mm(gy[r], w1, out=ws_g[:size].view(-1, c))
+                    torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
+                    _bn_sums(gz, x[r], mean1, sum_g, sum_gx, scratch=z)
+                    gmat[r, :c].addcmul_(gz, scale1)
+                del gy
+                g[2] = gw1.view_as(p[2])
+            else:
+                z = _bn_relu(x, scale1, shift1)
+                gz, g[2] = _conv_backward(gnew, _nchw(z, n, h, w), p[2])
+                gz = _matrix(gz)
+                torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
+                for r in rows:
+                    scratch = ws_z[: (r.stop - r.start) * c].view(-1, c)
+                    _bn_sums(gz[r], x[r], mean1, sum_g, sum_gx, scratch)
+                gmat[:, :c].addcmul_(gz, scale1)
+                del z, gz
+            # BatchNorm backward: dx = scale·(g − Σg/P − x̂·Σg·x̂/P), x̂ = (x − μ)/σ.
+            sum_gxhat = sum_gx * invstd1
+            g[0], g[1] = sum_gxhat, sum_g
+            coef_x[:c] -= scale1 * invstd1 * sum_gxhat / pixels
+            coef_c[:c] -= scale1 * sum_g / pixels
+            grads[per * t : per * (t + 1)] = g
+        finish(slice(0, c0))
+        gx0 = gbuf[..., :c0].permute(0, 3, 1, 2)
+        if not ctx.x0_channels_last:
+            gx0 = gx0.contiguous()
+        return gx0, None, *grads
+
+
+def _bn_sums(
+    g: Tensor, x: Tensor, mean: Tensor, sum_g: Tensor, sum_gx: Tensor, scratch: Tensor
+) -> None:
+    """Add Σ g and Σ g·(x − mean) over the rows of ``g`` and ``x`` (overwrites ``scratch``)."""
+    sum_g += g.sum(0)
+    torch.sub(x, mean, out=scratch).mul_(g)
+    sum_gx += scratch.sum(0)
