@@ -1,0 +1,261 @@
+"""Training-step speed and peak memory of DenseNet-BC-100 (k=12): ours against torchvision.
+
+One training step = forward, cross-entropy loss, backward and an SGD step (Nesterov momentum
+0.9, weight decay 1e-4, the paper's recipe) on a batch of random 32×32×3 images with 10
+classes. Variants, measured in one run on the same machine:
+
+* ``ours``: ``create_model("densenet_bc_100")`` with its best settings (fused dense blocks,
+  the default; the model and inputs channels-last);
+* ``torchvision``: ``torchvision.models.DenseNet(growth_rate=12, block_config=(16, 16, 16),
+  num_init_features=24, bn_size=4, num_classes=10)`` with a CIFAR stem (``conv0`` a 3×3
+  stride-1 conv; ``norm0``, ``relu0``, ``pool0`` Identity) — the same network as ours;
+* ``torchvision-memeff``: the same with ``memory_efficient=True``;
+* with ``--channels-last`` also both torchvision models channels-last (``…-cl``);
+  ``--variants`` picks any of these and ``ours-memeff`` (``memory_efficient=True``),
+  ``ours-nchw`` (ours in the default layout) and ``ours-unfused`` (ours layer by layer).
+
+Every variant runs in a fresh child process (``python train_throughput.py --child NAME``),
+so that memory measurements do not mix. Variants alternate order from round to round
+(``--rounds``) so that load from other processes spreads evenly over them.
+
+* images/s: batch size ÷ the median time of the timed steps (after ``--warmup`` steps) of
+  all rounds.
+* peak memory, on CPU: the child's peak resident set size (``getrusage(RUSAGE_SELF)
+  .ru_maxrss``) at the end, minus its resident set size (``/proc/self/statm``) after model,
+  optimizer and batch were created, i.e. what the training steps added at their peak:
+  activations, temporaries, gradients and momentum buffers. It counts memory the C library
+  kept from freed blocks, as the operating system does. On CUDA:
+  ``torch.cuda.max_memory_allocated()`` minus the allocation before the first step. The
+  median over rounds is reported.
+
+The last line reads ``speedup_vs_torchvision=S peak_vs_memory_efficient=M``: ours' images/s
+÷ torchvision's, and ours' peak ÷ torchvision-memeff's, from this run.
+
+Usage: ``python benchmarks/train_throughput.py [--device cpu|cuda] [--amp] [--channels-last]
+[--steps N] [--warmup N] [--rounds N] [--batch-size N] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+DEFAULT = ["ours", "torchvision", "torchvision-memeff"]
+CHANNELS_LAST = ["torchvision-cl", "torchvision-memeff-cl"]
+EXTRA = ["ours-memeff", "ours-nchw", "ours-unfused"]
+# variant → (builder, keyword arguments, channels-last)
+SPECS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "ours": ("ours", {}, True),
+    "ours-memeff": ("ours", {"memory_efficient": True}, True),
+    "ours-nchw": ("ours", {}, False),
+    "ours-unfused": ("ours", {"fused": False}, True),
+    "torchvision": ("torchvision", {}, False),
+    "torchvision-memeff": ("torchvision", {"memory_efficient": True}, False),
+    "torchvision-cl": ("torchvision", {}, True),
+    "torchvision-memeff-cl": ("torchvision", {"memory_efficient": True}, True),
+}
+
+
+# ----------------------------------------------------------------------------- child
+def _build(name: str):
+    import torchvision
+    from torch import nn
+
+    from reuse_analysis.models import create_model
+
+    builder, kwargs, _ = SPECS[name]
+    kwargs = dict(kwargs)
+    if builder == "ours":
+        fused = kwargs.pop("fused", True)
+        model = create_model("densenet_bc_100", **kwargs)
+        for m in model.modules():
+            if hasattr(m, "fused"):
+                m.fused = fused
+        return model
+    model = torchvision.models.DenseNet(
+        growth_rate=12,
+        block_config=(16, 16, 16),
+        num_init_features=24,
+        bn_size=4,
+        num_classes=10,
+        **kwargs,
+    )
+    # CIFAR stem: one 3×3 stride-1 conv, no BN, ReLU or pooling before the first block.
+    model.features.conv0 = nn.Conv2d(3, 24, kernel_size=3, padding=1, bias=False)
+    for stem_part in ("norm0", "relu0", "pool0"):
+        setattr(model.features, stem_part, nn.Identity())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in create_model("densenet_bc_100").parameters()
+    )
+    return model
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak so far is the best available baseline
+        return _maxrss_bytes()
+
+
+def _maxrss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    channels_last = SPECS[name][2]
+    model = _build(name).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
+    )
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    x = x.contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _maxrss_bytes()
+    return {"variant": name, "step_s": times, "peak_bytes": peak - base}
+
+
+# ----------------------------------------------------------------------------- parent
+def _run_child(name: str, argv: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"Error: variant {name} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
+    parser.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also run torchvision channels-last"
+    )
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per child")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=2, help="children per variant")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated subset of {', '.join(SPECS)} (ours and torchvision always run)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 0:
+        parser.error("--steps, --rounds and --batch-size must be positive, --warmup ≥ 0")
+
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+
+    names = list(DEFAULT) + (CHANNELS_LAST if args.channels_last else [])
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(SPECS))
+        if unknown:
+            parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(SPECS)}")
+        names = list(dict.fromkeys(["ours", "torchvision", "torchvision-memeff", *wanted]))
+    argv = [
+        f"--device={args.device}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--batch-size={args.batch_size}",
+        f"--threads={args.threads}",
+        *(["--amp"] if args.amp else []),
+    ]
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    print(
+        f"DenseNet-BC-100 training step, batch {args.batch_size}, 32×32×3, {args.device}"
+        f"{' amp' if args.amp else ''}, {threads} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}; {args.rounds} rounds × "
+        f"({args.warmup} warm-up + {args.steps} timed steps) per variant",
+        file=sys.stderr,
+    )
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            res = _run_child(name, argv)
+            results[name].append(res)
+            print(
+                f"  round {r + 1}: {name:<22} {statistics.median(res['step_s']):6.2f} s/step "
+                f"{res['peak_bytes'] / 2**20:8.0f} MB",
+                file=sys.stderr,
+            )
+
+    rows = {}
+    for name in names:
+        times = [t for res in results[name] for t in res["step_s"]]
+        peak = statistics.median(res["peak_bytes"] for res in results[name])
+        rows[name] = (args.batch_size / statistics.median(times), min(times), max(times), peak)
+    base_speed = rows["torchvision"][0]
+    base_peak = rows["torchvision-memeff"][3]
+    memory_kind = "peak alloc MB" if args.device == "cuda" else "peak RSS+ MB"
+    print(f"{'variant':<22} {'img/s':>7} {'step s (min-max)':>17} {memory_kind:>14} "
+          f"{'speed/tv':>9} {'peak/tv-memeff':>15}")  # fmt: skip
+    for name, (speed, fastest, slowest, peak) in rows.items():
+        print(
+            f"{name:<22} {speed:7.1f} {fastest:8.2f}-{slowest:<8.2f} {peak / 2**20:14.0f} "
+            f"{speed / base_speed:9.2f} {peak / base_peak:15.2f}"
+        )
+    speedup = rows["ours"][0] / base_speed
+    peak_ratio = rows["ours"][3] / base_peak
+    print(f"speedup_vs_torchvision={speedup:.2f} peak_vs_memory_efficient={peak_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
