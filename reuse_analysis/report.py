@@ -119,8 +119,17 @@ def _accuracy(meta: dict[str, Any]) -> str:
         value = meta.get(key)
         if isinstance(value, (int, float)):
             pct = 100 * value if value <= 1 else value
-            return f"{pct:.2f} % top-1 ({key} recorded in the checkpoint)"
+            return f"{pct:.2f} % top-1 ({key} recorded in the checkpoint{_test_images(meta)})"
     return "not recorded in the checkpoint"
+
+
+def _test_images(meta: dict[str, Any]) -> str:
+    """How many test images the recorded accuracy was measured on, when the file says."""
+    training = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    counts = [c for c in (training.get("limit_test"), dataset.get("test_size")) if c]
+    count = meta.get("test_images") or (min(counts) if counts else None)
+    return f", on {count:,} test images" if isinstance(count, int) else ""
 
 
 def _dataset(meta: dict[str, Any]) -> str:

@@ -130,3 +130,23 @@ def test_redundancy_command(bc100):
     assert payload["transitions"][1]["compression"] == 0.5
     text = _run("redundancy", bc100)
     assert text.exit_code == 0 and "suggested θ" in text.stdout
+
+
+def test_cover_says_how_many_test_images_the_accuracy_counts(tmp_path):
+    from reuse_analysis.checkpoint import save_checkpoint
+
+    model = create_model("densenet40", block_config=(3, 3))
+    path = tmp_path / "d.pt"
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        arch="densenet40",
+        config=model.config.to_dict(),
+        test_acc=0.6123,
+        train_config={"limit_test": 2000},
+        dataset={"name": "cifar10", "test_size": 10000},
+    )
+    out = tmp_path / "r.pdf"
+    assert _run("report", path, "-o", out).exit_code == 0
+    cover = _text(pypdf.PdfReader(out))[0]
+    assert "61.23 % top-1 (test_acc recorded in the checkpoint, on 2,000 test images)" in cover
