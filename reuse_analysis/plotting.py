@@ -155,27 +155,39 @@ _MAX_WIDTH = 22.0
 
 
 def _panel_layout(
-    fig: Figure | None, shapes: Sequence[tuple[int, int]]
+    fig: Figure | None,
+    shapes: Sequence[tuple[int, int]],
+    page: tuple[float, float] | None = None,
 ) -> tuple[Figure, list[Axes], Axes, float]:
-    """Side-by-side axes with square cells of one size, top-aligned, and a colour-bar axes."""
+    """Side-by-side axes with square cells of one size, top-aligned, and a colour-bar axes.
+
+    With ``page`` (width, height in inches) the figure has exactly that size and the panels
+    are scaled to fit inside it, centred; otherwise the figure grows with the blocks.
+    """
     cols = sum(c for _, c in shapes)
     rows = max(r for r, _ in shapes)
     fixed = _LEFT + _GAP * (len(shapes) - 1) + _BAR_ROOM
-    cell = float(np.clip((_MAX_WIDTH - fixed) / cols, 0.08, 0.42))
-    width = max(fixed + cols * cell, 5.0)
-    height = _TOP + rows * cell + _BOTTOM
+    if page is None:
+        cell = float(np.clip((_MAX_WIDTH - fixed) / cols, 0.08, 0.42))
+        width, height = max(fixed + cols * cell, 5.0), _TOP + rows * cell + _BOTTOM
+        left, top = _LEFT, _TOP
+    else:
+        width, height = page
+        cell = min(0.42, (width - fixed) / cols, (height - _TOP - _BOTTOM) / rows)
+        left = _LEFT + (width - fixed - cols * cell) / 2
+        top = _TOP + (height - _TOP - _BOTTOM - rows * cell) / 2
     if fig is None:
         fig = Figure(figsize=(width, height))
     else:
         fig.set_size_inches(width, height)
-    axes, x = [], _LEFT
+    axes, x = [], left
     for r, c in shapes:
-        rect = (x / width, (height - _TOP - r * cell) / height, c * cell / width, r * cell / height)
+        rect = (x / width, (height - top - r * cell) / height, c * cell / width, r * cell / height)
         axes.append(fig.add_axes(rect))
         x += c * cell + _GAP
     x += 0.15 - _GAP
     bar = fig.add_axes(
-        (x / width, (height - _TOP - rows * cell) / height, _BAR / width, rows * cell / height)
+        (x / width, (height - top - rows * cell) / height, _BAR / width, rows * cell / height)
     )
     return fig, axes, bar, cell
 
@@ -190,12 +202,13 @@ def _draw_blocks(
     cmap: str,
     annotate: bool | None,
     bar_label: str,
+    page: tuple[float, float] | None = None,
 ) -> Figure:
     blocks = sorted(int(b) for b in df["block"].unique())
     grids = [block_grid(df, b, values) for b in blocks]
     if annotate is None:
         annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
-    fig, axes, bar_ax, cell = _panel_layout(fig, [g.shape for g in grids])
+    fig, axes, bar_ax, cell = _panel_layout(fig, [g.shape for g in grids], page)
     for ax, b, g in zip(axes, blocks, grids, strict=True):
         extra = _extra_kind(df, b)
         plot_block(
@@ -226,12 +239,15 @@ def plot_reuse_heatmap(
     title: str | None = None,
     annotate: bool | None = None,
     fig: Figure | None = None,
+    page: tuple[float, float] | None = None,
 ) -> Figure:
     """The paper's Figure 5: one panel per dense block, one shared colour bar.
 
     Cells are squares of one size in every panel, so blocks of different depth keep
     their proportions; x is the target layer (then the outlined transition/classifier
-    column), y the source layer with the block input (row 0) at the top.
+    column), y the source layer with the block input (row 0) at the top. ``page`` fits
+    the panels into a page of that size in inches (the report's A4), else the figure
+    grows with the blocks.
     """
     _check(df)
     values = display_values(df, normalize)
@@ -245,6 +261,7 @@ def plot_reuse_heatmap(
         cmap=cmap,
         annotate=annotate,
         bar_label=_COLORBAR_LABELS[normalize],
+        page=page,
     )
     fig.suptitle(
         title if title is not None else default_title(df, normalize),
@@ -257,7 +274,12 @@ def plot_reuse_heatmap(
 
 # ----------------------------------------------------------------------------- report plots
 def plot_difference(
-    a: pd.DataFrame, b: pd.DataFrame, *, labels: Sequence[str] = ("A", "B"), cmap: str = "RdBu_r"
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    *,
+    labels: Sequence[str] = ("A", "B"),
+    cmap: str = "RdBu_r",
+    page: tuple[float, float] | None = None,
 ) -> Figure:
     """Column-normalised B − A per block (same structure), on a symmetric colour scale."""
     _check(a)
@@ -281,6 +303,7 @@ def plot_difference(
         cmap=cmap,
         annotate=False,
         bar_label="difference of column-scaled |w|",
+        page=page,
     )
     fig.suptitle(
         f"{labels[1]} − {labels[0]} (column-normalised reuse)",

@@ -320,7 +320,7 @@ def pages(models: Sequence[ModelReport], when: dt.datetime) -> list[Figure]:
     """All pages of the report, in order."""
     out = [cover_page(models, when)]
     for m in models:
-        out.append(plot_reuse_heatmap(m.table, normalize="column"))
+        out.append(plot_reuse_heatmap(m.table, normalize="column", page=PAGE))
         out += [observation_page(m, o) for o in m.observations()]
         out += [redundancy_page(m), classifier_page(m)]
     if len(models) > 1:
@@ -328,7 +328,9 @@ def pages(models: Sequence[ModelReport], when: dt.datetime) -> list[Figure]:
         for other in models[1:]:
             try:
                 out.append(
-                    plot_difference(first.table, other.table, labels=(first.name, other.name))
+                    plot_difference(
+                        first.table, other.table, labels=(first.name, other.name), page=PAGE
+                    )
                 )
             except ValueError as exc:
                 fig = _text_page(f"{other.name} − {first.name}")

@@ -124,6 +124,25 @@ def test_difference_of_two_tables():
         plot_difference(a, _table(layers=(3, 4)))
 
 
+@pytest.mark.parametrize("layers", [(3, 5), (6, 12, 64, 48)], ids=["small", "densenet264"])
+def test_heatmap_fits_a_page_with_square_cells(layers):
+    page = (11.69, 8.27)
+    fig = plot_reuse_heatmap(
+        _table(layers=layers, extra=("transition",) * (len(layers) - 1) + ("classifier",)),
+        page=page,
+    )
+    assert tuple(fig.get_size_inches()) == pytest.approx(page)
+    cells = set()
+    for ax, n in zip(_panels(fig), layers, strict=True):
+        x0, y0, w, h = ax.get_position().bounds
+        assert 0 <= x0 and x0 + w <= 1 and 0 <= y0 and y0 + h <= 1  # nothing off the page
+        cells.add(round(w * page[0] / (n + 1), 6))  # inches per column, extra column included
+        assert h * page[1] / (n + 1) == pytest.approx(w * page[0] / (n + 1))  # square cells
+    assert len(cells) == 1  # one cell size in every panel
+    bar = fig.axes[-1].get_position()
+    assert bar.x1 <= 1
+
+
 def test_plotting_never_imports_torch():
     code = "import sys, reuse_analysis.plotting; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
