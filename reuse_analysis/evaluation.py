@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from reuse_analysis.checkpoint import load_checkpoint
@@ -30,6 +31,24 @@ def rebuild_model(checkpoint: Any):
     return model
 
 
+def check_model_fits_data(
+    path: str | os.PathLike[str], config: Mapping[str, Any], name: str, ds: Any
+) -> None:
+    """Raise if the data set's images or labels cannot go through the recorded model."""
+    channels, classes = config.get("in_channels"), config.get("num_classes")
+    mismatch = None
+    if channels is not None and channels != ds.in_channels:
+        mismatch = f"{channels}-channel images", f"{ds.in_channels}-channel images"
+    elif classes is not None and ds.num_classes > classes:
+        mismatch = f"{classes} classes", f"{ds.num_classes} classes"
+    if mismatch:
+        built_for, has = mismatch
+        raise ReuseAnalysisError(
+            f"{path} was built for {built_for} but {name} has {has}; "
+            "evaluate it on the data set it was trained on (the default)"
+        )
+
+
 def evaluate_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -53,6 +72,7 @@ def evaluate_checkpoint(
         ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
     if ds.test is None:
         raise ReuseAnalysisError(f"{name}: no in-memory test split to evaluate on")
+    check_model_fits_data(path, ckpt.config, name, ds)
     test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)

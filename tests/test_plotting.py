@@ -135,7 +135,7 @@ def test_heatmap_fits_a_page_with_square_cells(layers):
     cells = set()
     for ax, n in zip(_panels(fig), layers, strict=True):
         x0, y0, w, h = ax.get_position().bounds
-        assert 0 <= x0 and x0 + w <= 1 and 0 <= y0 and y0 + h <= 1  # nothing off the page
+        assert x0 >= 0 and x0 + w <= 1 and y0 >= 0 and y0 + h <= 1  # nothing off the page
         cells.add(round(w * page[0] / (n + 1), 6))  # inches per column, extra column included
         assert h * page[1] / (n + 1) == pytest.approx(w * page[0] / (n + 1))  # square cells
     assert len(cells) == 1  # one cell size in every panel

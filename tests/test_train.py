@@ -145,6 +145,25 @@ def test_train_and_evaluate_commands(tmp_path, tiny_npz):
     assert made["data"]["name"] == f"npz:{tiny_npz}" and "cores" in made["hardware"]
 
 
+def test_evaluate_on_a_data_set_the_model_cannot_read(tmp_path, tiny_npz):
+    out = tmp_path / "m.pt"
+    train(_cfg(tiny_npz, out, epochs=1))
+    gray = tmp_path / "gray.npz"
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (8, 16, 16), dtype=np.uint8), np.arange(8) % 4
+    np.savez(gray, x_train=x, y_train=y, x_test=x, y_test=y)
+    many = tmp_path / "many.npz"
+    x3 = rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    np.savez(many, x_train=x3, y_train=np.arange(8), x_test=x3, y_test=np.arange(8))
+    runner = CliRunner()
+    for data, says in ((gray, "built for 3-channel images"), (many, "built for 4 classes")):
+        r = runner.invoke(
+            cli, ["evaluate", str(out), "--dataset", f"npz:{data}", "--data-dir", str(tmp_path)]
+        )
+        assert r.exit_code == 2 and r.stderr.startswith("Error: ") and says in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_unknown_arch_and_dataset_are_clean_errors(tmp_path, tiny_npz):
     runner = CliRunner()
     r = runner.invoke(cli, ["train", "--arch", "nope", "--dataset", f"npz:{tiny_npz}",
