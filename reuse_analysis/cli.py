@@ -6,11 +6,14 @@ Heavy libraries (torch, pandas, matplotlib) are imported inside the commands so 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -391,6 +394,30 @@ def card(
     click.echo(str(output))
 
 
+@contextlib.contextmanager
+def interrupted_exits() -> Iterator[None]:
+    """Stop long work on Ctrl-C or SIGTERM alike: the library saves its state on
+    KeyboardInterrupt, then the process exits with status 130 and no traceback.
+
+    SIGTERM is what `kill`, job schedulers and container runtimes send; background jobs
+    started from a script ignore SIGINT, so without this they could not stop cleanly.
+    """
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
     if not value:
         return ()
@@ -490,10 +517,8 @@ def train(**kwargs: Any) -> None:
         dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
         kwargs["out"] = str(Path("trained_models") / f"{kwargs['arch']}_{dataset}.pt")
     cfg = TrainConfig(**kwargs)
-    try:
+    with interrupted_exits():
         summary = run_training(cfg)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
     if summary.get("replicas_identical"):
         _note("all ranks ended with identical weights")
     if summary.get("test_acc") is not None:

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -101,6 +102,13 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
+
+
+def _note(message: str) -> None:
+    """A line on stderr that does not break the progress bar (stdout is for results)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -349,7 +357,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
             scaler.load_state_dict(saved["scaler"])
         state = _State(**saved["position"])
         if dist.main:
-            tqdm.write(f"resuming {cfg.out} at epoch {state.epoch + 1}, step {state.step}")
+            _note(f"resuming {cfg.out} at epoch {state.epoch + 1}, step {state.step}")
     if dist.world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -428,7 +436,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
                 _save_training_state(
                     state_path, model, optimizer, scheduler, scaler, cfg, model_config, ds, state
                 )
-                tqdm.write(
+                _note(
                     f"interrupted at epoch {epoch + 1}, step {state.step}; "
                     f"saved {state_path}: rerun the same command with --resume to continue"
                 )
@@ -469,7 +477,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
                 snap = model_path.with_name(f"{model_path.stem}-epoch{epoch + 1}.pt")
                 _save_model(snap, model, cfg, model_config, ds, state, test_acc)
             _append_log(log_path, row)
-            tqdm.write(
+            _note(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc "
                 f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
                 f"{row['images_per_s']:.0f} img/s"

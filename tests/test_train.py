@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,34 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, tiny_npz):
     assert len(log_a) == len(log_b) == 4
     # identical numbers; only the timing columns differ
     assert [x.split(",")[:6] for x in log_a] == [x.split(",")[:6] for x in log_b]
+
+
+def test_sigterm_stops_the_command_cleanly_and_resume_finishes(tmp_path, tiny_npz):
+    """`kill` (SIGTERM) stops `train` like Ctrl-C: state saved, exit 130, no traceback."""
+    out = tmp_path / "m.pt"
+    args = [
+        sys.executable, "-m", "reuse_analysis", "train", "--arch", "densenet_bc_100",
+        "--dataset", f"npz:{tiny_npz}", "--data-dir", str(tmp_path / "cache"),
+        "--epochs", "30", "--batch-size", "16", "--limit-train", "64", "--out", str(out),
+        "--device", "cpu", "--checkpoint-minutes", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    state = out.with_suffix(".train.pt")
+    deadline = time.monotonic() + 120
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "--resume" in stderr
+    position = torch.load(state, weights_only=True)["position"]
+    assert (position["epoch"], position["step"]) < (30, 0)
+    done = subprocess.run(
+        [*args, "--epochs", "30", "--resume"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(out).meta["epoch"] == 30
 
 
 def test_checkpoint_records_everything_needed(tmp_path, tiny_npz):
