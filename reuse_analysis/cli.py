@@ -69,6 +69,35 @@ trust_option = click.option(
     "custom classes). This runs code from the file: only for files you trust.",
 )
 
+arch_option = click.option(
+    "--arch",
+    help="Trace this network instead of reading weight names: a registered model "
+    "(d2l_densenet, googlenet, densenet121, …) or module:function returning an nn.Module. "
+    "MODEL's weights are loaded into it (strict); works for any network whose layers read "
+    "a torch.cat of earlier tensors, in the order the graph concatenates them.",
+)
+input_size_option = click.option(
+    "--input-size",
+    type=click.IntRange(1),
+    help="Side of the example image the --arch model is traced with "
+    "(default: the size the checkpoint records, else 32).",
+)
+
+
+def _analyze(
+    model: Path, arch: str | None, input_size: int | None, concat_order: str, trust_pickle: bool
+) -> Any:
+    """The weight-name analysis, or the traced one when ``--arch`` names the network."""
+    if arch is None:
+        if input_size is not None:
+            fail("--input-size applies to --arch only")
+        from reuse_analysis.analysis import analyze
+
+        return analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    from reuse_analysis.traced import analyze_traced
+
+    return analyze_traced(model, arch, input_size=input_size, trust_pickle=trust_pickle)
+
 
 def _default_output(model: Path, suffix: str) -> Path:
     return DEFAULT_REPORTS / f"{model.stem}{suffix}"
@@ -128,6 +157,8 @@ def cli() -> None:
 @click.option(
     "--dpi", type=click.IntRange(50, 1200), default=150, show_default=True, help="PNG resolution."
 )
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
 def heatmap(
@@ -139,6 +170,8 @@ def heatmap(
     title: str | None,
     annotate: bool | None,
     dpi: int,
+    arch: str | None,
+    input_size: int | None,
     trust_pickle: bool,
 ) -> None:
     """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
@@ -151,10 +184,9 @@ def heatmap(
         fail(f"unknown colour map {cmap!r}; try viridis, magma or jet")
 
     from reuse_analysis._io import atomic_path
-    from reuse_analysis.analysis import analyze
     from reuse_analysis.plotting import plot_reuse_heatmap
 
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
     fig = plot_reuse_heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
@@ -163,7 +195,7 @@ def heatmap(
         # Fast zlib level for PNG: the large flat areas compress well anyway.
         extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
         fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
-    _note(f"{result.structure.summary()}; concat order {concat_order}")
+    _note(f"{result.structure.summary()}; concat order {result.table.attrs['concat_order']}")
     _notes(result)
     click.echo(str(output))
 
@@ -184,10 +216,18 @@ def heatmap(
     help="File to write (default: standard output).",
 )
 @concat_option
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
 def table(
-    model: Path, fmt: str | None, output: Path | None, concat_order: str, trust_pickle: bool
+    model: Path,
+    fmt: str | None,
+    output: Path | None,
+    concat_order: str,
+    arch: str | None,
+    input_size: int | None,
+    trust_pickle: bool,
 ) -> None:
     """Print the reuse matrix of MODEL, one row per (block, source, target).
 
@@ -196,9 +236,7 @@ def table(
     """
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
-    from reuse_analysis.analysis import analyze
-
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
     text = _table_text(result, fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -207,7 +245,8 @@ def table(
 
         write_text_atomic(output, text)
         click.echo(str(output))
-    _note(f"{result.structure.summary()}; concat order {concat_order} (assumed)")
+    order = result.table.attrs["concat_order"]
+    _note(f"{result.structure.summary()}; concat order {order}" + " (assumed)" * (arch is None))
     _notes(result)
 
 
@@ -220,6 +259,7 @@ def _table_text(result: Any, fmt: str) -> str:
         "structure": df.attrs["structure"],
         "concat_order": df.attrs["concat_order"],
         "metric": df.attrs["metric"],
+        **({"layout": df.attrs["layout"]} if "layout" in df.attrs else {}),
         "columns": list(df.columns),
         "rows": json.loads(df.to_json(orient="records", double_precision=15)),
     }
@@ -229,10 +269,22 @@ def _table_text(result: Any, fmt: str) -> str:
 @cli.command()
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the structure as JSON.")
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
-def info(model: Path, as_json: bool, trust_pickle: bool) -> None:
-    """Show the structure inferred from MODEL's weights: blocks, layers, k, θ, classifier."""
+def info(
+    model: Path, as_json: bool, arch: str | None, input_size: int | None, trust_pickle: bool
+) -> None:
+    """Show the structure inferred from MODEL's weights: blocks, layers, k, θ, classifier.
+
+    With --arch: the concatenation groups found by tracing that network.
+    """
+    if arch is not None:
+        result = _analyze(model, arch, input_size, "oldest-first", trust_pickle)
+        traced = {"file": str(model), "arch": arch, **result.structure.to_dict()}
+        click.echo(json.dumps(traced, indent=2) if as_json else _traced_text(traced))
+        return
     from reuse_analysis.analysis import load_structure
 
     _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
@@ -248,6 +300,23 @@ def info(model: Path, as_json: bool, trust_pickle: bool) -> None:
         click.echo(json.dumps(described, indent=2, default=str))
         return
     click.echo(_info_text(described))
+
+
+def _traced_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['file']}: {d['summary']}", f"  concat order    {d['concat_order']}"]
+    for g in d["groups"]:
+        kinds = [t["kind"] for t in g["targets"]]
+        counted = ", ".join(
+            f"{kinds.count(k)} {k}" + ("es" if k.endswith("ch") else "s") * (kinds.count(k) > 1)
+            for k in dict.fromkeys(kinds)
+        )
+        title = g["title"].replace("\n", " ")
+        lines.append(
+            f"  group {g['index']} ({g['layout']}) {title}: {len(g['sources'])} sources "
+            f"read by {counted}"
+        )
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)
 
 
 def _info_text(d: dict[str, Any]) -> str:
