@@ -625,6 +625,102 @@ def evaluate(
         )
 
 
+@cli.command()
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    required=True,
+    help="An architecture to compare (repeat the option), e.g. --arch resnet18 "
+    "--arch densenet_bc_100 --arch d2l_densenet.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    help="cifar10, fashion-mnist, npz:PATH, imagefolder:PATH … (as for train).",
+)
+@click.option(
+    "--data-dir",
+    default="data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where data sets are cached.",
+)
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Initial learning rate for every architecture; ÷10 at 50 % and 75 % of the epochs.",
+)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option(
+    "--limit-train",
+    type=click.IntRange(1),
+    help="Train every architecture on the same fixed random subset of N images.",
+)
+@click.option(
+    "--limit-test", type=click.IntRange(1), help="Evaluate on a fixed random subset of N images."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+@click.option(
+    "--measure-steps",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Timed training and inference steps per speed measurement.",
+)
+@click.option(
+    "--work-dir",
+    default="trained_models/compare",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where each architecture's checkpoint goes; a rerun of the same command reuses "
+    "finished ones and resumes the one that was interrupted.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Table to write, .md or .csv; the figure goes beside it as .png "
+    "(default: reports/compare-DATASET.md).",
+)
+@handles_bad_input
+def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
+    """Compare architectures on one data set: parameters, FLOPs, peak training memory,
+    training and inference images/s, and accuracy after the same training budget.
+
+    Everything runs in one go on this machine; progress goes to stderr, the paths of the
+    table and the figure to stdout.
+    """
+    if output is None:
+        dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
+        output = DEFAULT_REPORTS / f"compare-{dataset}.md"
+    if output.suffix.lower() not in (".md", ".csv"):
+        fail(f"cannot write {output}: use .md or .csv as the extension")
+    import contextlib
+
+    from reuse_analysis.compare import CompareConfig, write_outputs
+    from reuse_analysis.compare import compare as run_compare
+
+    cfg = CompareConfig(archs=archs, **kwargs)
+    try:
+        # Training reports each epoch on stdout; here stdout is for the output paths.
+        with contextlib.redirect_stdout(sys.stderr):
+            df = run_compare(cfg, log=_note)
+    except KeyboardInterrupt:
+        _note("interrupted: rerun the same command to resume")
+        raise SystemExit(130) from None
+    table, figure = write_outputs(df, output)
+    click.echo(str(table))
+    click.echo(str(figure))
+
+
 def main() -> None:
     """Console-script entry point.
 

@@ -386,3 +386,39 @@ def plot_channel_usage(usage: np.ndarray, ax: Axes, *, title: str = "") -> Axes:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return ax
+
+
+# ----------------------------------------------------------------------------- comparisons
+def plot_compare(df: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Test accuracy against parameters and against training time (the budget at each
+    architecture's measured training speed), one point per architecture (a table from
+    :func:`reuse_analysis.compare.compare`)."""
+    missing = [c for c in ("arch", "params", "budget_minutes", "test_acc") if c not in df.columns]
+    if missing:
+        raise ValueError(f"comparison table lacks the columns {', '.join(missing)}")
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    accuracy = 100 * df["test_acc"].astype(float)
+    panels = [
+        (axes[0], df["params"] / 1e6, "parameters (millions, log scale)", True),
+        (
+            axes[1],
+            df["budget_minutes"].astype(float),
+            "training time at the measured speed (minutes)",
+            False,
+        ),
+    ]
+    for ax, x, label, log in panels:
+        ax.scatter(x, accuracy, s=40, color="tab:blue", zorder=3)
+        for xi, yi, name in zip(x, accuracy, df["arch"], strict=True):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.25, y=0.2)
+    axes[0].set_ylabel("test accuracy (%)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.13, top=0.83, wspace=0.08)
+    return fig
