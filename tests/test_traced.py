@@ -121,9 +121,13 @@ def googlenet():
     return model
 
 
-def test_inception_branch_matrix_known_answer(googlenet):
-    result = analyze_traced(googlenet)
-    df = result.table
+@pytest.fixture(scope="module")
+def googlenet_analysis(googlenet):
+    return analyze_traced(googlenet)
+
+
+def test_inception_branch_matrix_known_answer(googlenet_analysis):
+    df = googlenet_analysis.table
     first = df[df.block == 1]
     grid = first.pivot(index="source", columns="target", values="mean_abs_weight")
     np.testing.assert_allclose(grid.to_numpy(), V, atol=1e-6)
@@ -137,8 +141,8 @@ def test_inception_branch_matrix_known_answer(googlenet):
     assert df.attrs["block_titles"][1] == "inception3a\n→ inception3b"
 
 
-def test_every_inception_module_gets_a_four_by_four_matrix(googlenet):
-    structure = analyze_traced(googlenet).structure
+def test_every_inception_module_gets_a_four_by_four_matrix(googlenet_analysis):
+    structure = googlenet_analysis.structure
     shapes = [(len(g.sources), len(g.targets)) for g in structure.groups]
     assert shapes == [(4, 4)] * 8 + [(4, 1)]  # 9 modules: 8 links, then the classifier
     assert {g.layout for g in structure.groups} == {"matrix"}
@@ -148,8 +152,8 @@ def test_every_inception_module_gets_a_four_by_four_matrix(googlenet):
     assert titles[-1] == "inception5b → classifier"
 
 
-def test_matrix_groups_are_drawn_full_with_branch_labels(googlenet):
-    fig = plot_reuse_heatmap(analyze_traced(googlenet).table)
+def test_matrix_groups_are_drawn_full_with_branch_labels(googlenet_analysis):
+    fig = plot_reuse_heatmap(googlenet_analysis.table)
     panels = [ax for ax in fig.axes if "→" in ax.get_title()]
     assert len(panels) == 9
     image = panels[0].get_images()[0]
