@@ -504,7 +504,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--drop-rate",
     type=click.FloatRange(0, 1, max_open=True),
     default=None,
-    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2).",
+    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2); "
+    "zoo models keep their own (0.5 in alexnet, vgg11, nin) unless this is given.",
 )
 @click.option(
     "--out",
