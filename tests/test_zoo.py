@@ -139,7 +139,7 @@ def test_densenet_configs_still_rebuild_without_an_arch():
 
 @pytest.fixture(scope="module")
 def gray_npz(tmp_path_factory):
-    """8 training and 4 test images, 16×16 grayscale, 2 classes (brightness bands).
+    """4 training and 2 test images, 16×16 grayscale, 2 classes (brightness bands).
 
     Smaller than the 28×28 and 32×32 images of the shape test above, so that training
     every zoo model stays cheap; every model handles 16 pixels as well.
@@ -153,7 +153,7 @@ def gray_npz(tmp_path_factory):
         x += (120 * y).astype(np.uint8)[:, None, None]
         return x, y
 
-    (xt, yt), (xs, ys) = split(8), split(4)
+    (xt, yt), (xs, ys) = split(4), split(2)
     np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
     return path
 
@@ -166,7 +166,7 @@ def test_trains_a_few_steps_and_rebuilds_from_the_file(tmp_path, gray_npz, name)
         dataset=f"npz:{gray_npz}",
         data_dir=str(tmp_path / "cache"),
         epochs=1,
-        batch_size=4,  # two optimizer steps
+        batch_size=2,  # two optimizer steps
         lr=0.01,
         out=str(out),
         device="cpu",
