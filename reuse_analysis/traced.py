@@ -670,14 +670,22 @@ def trace_structure(
 
 
 # ----------------------------------------------------------------------------- the table
+def _weight_of(model: nn.Module, target: TracedTarget) -> torch.Tensor:
+    """The weight a target multiplies its input with (also when it is re-parametrised, as
+    with weight norm, and so not a parameter of its own)."""
+    try:
+        return model.get_parameter(target.weight_key)
+    except AttributeError:
+        return model.get_submodule(target.name).weight
+
+
 def traced_table(model: nn.Module, structure: TracedStructure) -> pd.DataFrame:
     """The reuse table of a traced structure: columns :data:`COLUMNS`, one row per
     (group, source, target) where the target reads the source."""
-    state = model.state_dict(keep_vars=True)
     rows = []
     for group in structure.groups:
         for target in group.targets:
-            usage = channel_usage(state[target.weight_key])
+            usage = channel_usage(_weight_of(model, target))
             for source in target.source_indices:
                 channels = np.concatenate([usage[a:b] for s, a, b in target.slices if s == source])
                 rows.append(

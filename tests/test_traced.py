@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
 from layouts import layouts
@@ -272,3 +273,32 @@ def test_cli_arch_on_a_network_without_concatenations(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ResNet reads no concatenation")
     assert not (tmp_path / "x.png").exists()
+
+
+class _WeightNormedDense(nn.Module):
+    """Two dense layers whose convolutions are weight-normalised (no `weight` parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        wn = nn.utils.parametrizations.weight_norm
+        self.stem = nn.Conv2d(1, 2, 3, padding=1)
+        self.layer1 = wn(nn.Conv2d(2, 2, 3, padding=1))
+        self.layer2 = wn(nn.Conv2d(4, 2, 3, padding=1))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x0 = self.stem(x)
+        x1 = torch.cat([x0, self.layer1(x0)], 1)
+        x2 = torch.cat([x1, self.layer2(x1)], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x2, 1), 1))
+
+
+def test_weight_normed_layers_are_read_through_their_computed_weight():
+    torch.manual_seed(0)
+    model = _WeightNormedDense()
+    df = analyze_traced(model, input_size=8).table
+    w2 = model.layer2.weight.detach().abs()  # [2, 4, 3, 3]: sources 0 and 1 have 2 channels
+    got = df[(df.target == 2)].set_index("source").mean_abs_weight
+    assert got[0] == pytest.approx(w2[:, :2].mean().item(), abs=1e-6)
+    assert got[1] == pytest.approx(w2[:, 2:].mean().item(), abs=1e-6)
+    assert df.groupby("target").target_kind.first().tolist() == ["layer", "layer", "classifier"]
