@@ -672,9 +672,17 @@ def evaluate(
 @click.option(
     "--measure-steps",
     type=click.IntRange(1),
-    default=5,
+    default=3,
     show_default=True,
-    help="Timed training and inference steps per speed measurement.",
+    help="Timed training and inference steps per architecture and round.",
+)
+@click.option(
+    "--measure-rounds",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Rounds of speed measurements, architectures in alternating order; the fastest "
+    "step counts (other processes only slow steps down).",
 )
 @click.option(
     "--work-dir",

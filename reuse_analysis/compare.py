@@ -2,13 +2,15 @@
 
 For each architecture: parameters; FLOPs of one forward pass on one image (convolutions
 and matrix products, as ``torch.utils.flop_counter`` counts them: 2 per multiply-add);
-peak training memory, training and inference images/s (each architecture in a fresh
-child process, on random images of the data set's shape, so that one measurement does
-not inherit another's memory); and test accuracy after the same training budget (the
-same epochs over the same fixed subset, seed and recipe, through :func:`train.train`).
+peak training memory and training and inference images/s (each architecture in a fresh
+child process, on random images of the data set's shape, in several rounds with the
+architectures in alternating order; speed from the fastest step of all rounds, which is
+the best estimate of the machine's speed when other processes share it); and test
+accuracy after the same training budget (the same epochs over the same fixed subset,
+seed and recipe, through :func:`train.train`).
 
 Every architecture's run is kept in ``work_dir`` under a name that encodes the settings
-(``ARCH-KEY.pt`` and its ``.train.pt``/``.log.csv``/``.measure.json``), so an
+(``ARCH-KEY.pt`` and its ``.train.pt``/``.log.csv``; ``measure-KEY.json``), so an
 interrupted comparison resumes where it stopped: finished architectures are reused,
 the one in progress continues from its last saved step.
 
@@ -27,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,8 @@ class CompareConfig:
     seed: int = 0
     device: str = "auto"
     work_dir: str = "trained_models/compare"
-    measure_steps: int = 5  # timed steps per speed measurement (after one warm-up step)
+    measure_steps: int = 3  # timed steps per round, architecture and kind (after one untimed)
+    measure_rounds: int = 3  # rounds of speed measurements, architectures in alternating order
     #: Per architecture, config overrides (e.g. narrower widths for a quick test).
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -141,70 +144,97 @@ def count_flops(model: Any, shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_speed(spec: Mapping[str, Any]) -> dict[str, float]:
-    """Training and inference images/s and peak training memory of one architecture.
+class _Bench:
+    """One architecture ready to time: model, SGD optimizer and a random batch."""
 
-    Meant to run in a fresh process (see :func:`_measure_in_child`): the peak resident
-    size of a process only grows, so each architecture needs its own.
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from reuse_analysis.models import model_from_config
+        from reuse_analysis.train import pick_device
+
+        self.device = pick_device(spec["device"])
+        torch.manual_seed(0)
+        model = model_from_config(spec["config"], arch=spec["arch"]).to(self.device).train()
+        self.model = model
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4
+        )
+        self.batch = spec["batch_size"]
+        self.x = torch.randn(self.batch, *spec["shape"], device=self.device)
+        self.y = torch.randint(0, spec["num_classes"], (self.batch,), device=self.device)
+        self._loss = F.cross_entropy
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self) -> None:
+        self.model.train()
+        loss = self._loss(self.model(self.x), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.sync()
+
+    def infer_step(self) -> None:
+        import torch
+
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(self.x)
+        self.sync()
+
+
+def measure(spec: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """Peak training memory and the time of each training and inference step of one
+    architecture (after one untimed step of each kind: kernel selection, allocator growth).
+
+    Meant for a fresh process (see :func:`_in_child`): a process's peak resident size only
+    grows, and models sharing a process slow each other down (oneDNN's primitive cache,
+    the allocator), so each architecture gets its own.
     """
     import torch
-    import torch.nn.functional as F
 
-    from reuse_analysis.models import model_from_config
-    from reuse_analysis.train import pick_device
-
-    device = pick_device(spec["device"])
-    torch.manual_seed(0)
-    model = model_from_config(spec["config"], arch=spec["arch"]).to(device).train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4
-    )
-    batch, steps = spec["batch_size"], spec["steps"]
-    x = torch.randn(batch, *spec["shape"], device=device)
-    y = torch.randint(0, spec["num_classes"], (batch,), device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def train_step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    if device.type == "cuda":
-        sync()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    bench = _Bench(spec)
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+        base = torch.cuda.memory_allocated(bench.device)
     else:
         base = _rss_bytes()
-    train_times = _timed(train_step, steps, sync)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _maxrss_bytes()
-    model.eval()
-
-    def infer_step() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    infer_times = _timed(infer_step, steps, sync)
-    return {
-        "train_img_s": batch / statistics.median(train_times),
-        "infer_img_s": batch / statistics.median(infer_times),
-        "peak_train_mb": max(peak - base, 0) / 2**20,
-    }
+    train_s = _timed(bench.train_step, steps)
+    if bench.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(bench.device)
+    else:
+        peak = _maxrss_bytes()
+    infer_s = _timed(bench.infer_step, steps)
+    return {"train_s": train_s, "infer_s": infer_s, "peak_train_mb": max(peak - base, 0) / 2**20}
 
 
-def _timed(step: Callable[[], None], steps: int, sync: Callable[[], None]) -> list[float]:
-    step()  # warm-up: kernel selection, allocator growth
-    sync()
+def _timed(step: Callable[[], None], steps: int) -> list[float]:
+    step()  # untimed
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def summarize(rounds: Sequence[Mapping[str, Any]], batch: int) -> dict[str, float]:
+    """Images/s from the fastest step of all rounds, and the median peak memory.
+
+    The fastest step, as ``timeit`` takes the minimum: other processes only ever slow a
+    step down, so the fastest one is the best estimate of what the machine does alone.
+    """
+    return {
+        "train_img_s": batch / min(t for r in rounds for t in r["train_s"]),
+        "infer_img_s": batch / min(t for r in rounds for t in r["infer_s"]),
+        "peak_train_mb": statistics.median(r["peak_train_mb"] for r in rounds),
+    }
 
 
 def _rss_bytes() -> int:
@@ -222,21 +252,25 @@ def _maxrss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def _measure_in_child(spec: Mapping[str, Any]) -> dict[str, float]:
-    """Run :func:`measure_speed` in a fresh Python process and read its JSON answer."""
+def _in_child(task: Mapping[str, Any], what: str) -> Any:
+    """Run a measurement in a fresh Python process and read its JSON answer."""
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     done = subprocess.run(
-        [sys.executable, "-m", "reuse_analysis.compare", json.dumps(spec)],
+        [sys.executable, "-m", "reuse_analysis.compare", json.dumps(task)],
         capture_output=True,
         text=True,
         env=env,
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CompareError(f"measuring {spec['arch']} failed in its child process: {last}")
+        raise CompareError(f"measuring {what} failed in its child process: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child_main(task: Mapping[str, Any]) -> Any:
+    return measure(task["spec"], task["steps"])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -260,50 +294,21 @@ def compare(
     on_step: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> pd.DataFrame:
-    """Measure and train every architecture of ``cfg``; one row per architecture.
+    """Measure, then train, every architecture of ``cfg``; one row per architecture.
 
     ``attrs`` holds the hardware, the data set and the budget. ``on_step`` is passed to
     :func:`train.train` (tests interrupt a run with it); ``log`` receives progress notes.
     """
-    import torch
 
     from reuse_analysis.data import load_dataset
-    from reuse_analysis.train import build_model, train
+    from reuse_analysis.train import train
 
     _check(cfg)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     shape = (ds.in_channels, ds.image_size, ds.image_size)
     machine = hardware(cfg.device)
     log(f"measuring on {machine}")
-    measured: dict[str, dict[str, Any]] = {}
-    for arch in cfg.archs:  # all measurements first, back to back, before any training
-        tcfg = _train_config(cfg, arch)
-        torch.manual_seed(cfg.seed)
-        model, config = build_model(tcfg, ds)
-        spec = {
-            "arch": arch,
-            "config": config,
-            "shape": list(shape),
-            "num_classes": ds.num_classes,
-            "batch_size": cfg.batch_size,
-            "steps": cfg.measure_steps,
-            "device": cfg.device,
-        }
-        cache = Path(tcfg.out).with_suffix(".measure.json")
-        key = _key({**spec, "hardware": machine})
-        result = _read_cache(cache, key)
-        if result is None:
-            log(f"{arch}: timing {cfg.measure_steps} training and inference steps")
-            result = {
-                "key": key,
-                "params": sum(p.numel() for p in model.parameters()),
-                "gflops": count_flops(model, shape) / 1e9,
-                **_measure_in_child(spec),
-            }
-            _write_cache(cache, result)
-        else:
-            log(f"{arch}: reusing the measurements in {cache}")
-        measured[arch] = result
+    measured = _measure_all(cfg, ds, shape, machine, log)
 
     rows = []
     for arch in cfg.archs:
@@ -344,6 +349,58 @@ def compare(
         settings={k: v for k, v in asdict(cfg).items() if k not in ("archs", "model_overrides")},
     )
     return df
+
+
+def _measure_all(
+    cfg: CompareConfig, ds: Any, shape: tuple[int, ...], machine: str, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Parameters, FLOPs, peak memory and speed of every architecture, before training.
+
+    Kept in ``work_dir/measure-KEY.json`` (KEY: every setting that affects them), so that
+    a resumed comparison reuses them.
+    """
+    import torch
+
+    from reuse_analysis.train import build_model
+
+    specs, measured = [], {}
+    for arch in cfg.archs:
+        torch.manual_seed(cfg.seed)
+        model, config = build_model(_train_config(cfg, arch), ds)
+        specs.append(
+            {
+                "arch": arch,
+                "config": config,
+                "shape": list(shape),
+                "num_classes": ds.num_classes,
+                "batch_size": cfg.batch_size,
+                "device": cfg.device,
+            }
+        )
+        measured[arch] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "gflops": count_flops(model, shape) / 1e9,
+        }
+    settings = {"steps": cfg.measure_steps, "rounds": cfg.measure_rounds, "hardware": machine}
+    key = _key({"specs": specs, **settings})
+    cache = Path(cfg.work_dir) / f"measure-{key}.json"
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        log(f"reusing the measurements in {cache}")
+        return cached["archs"]
+    rounds: dict[str, list[Any]] = {spec["arch"]: [] for spec in specs}
+    for r in range(cfg.measure_rounds):
+        for spec in specs if r % 2 == 0 else specs[::-1]:
+            log(
+                f"{spec['arch']}: timing {cfg.measure_steps} training and inference steps "
+                f"(round {r + 1} of {cfg.measure_rounds})"
+            )
+            task = {"spec": spec, "steps": cfg.measure_steps}
+            rounds[spec["arch"]].append(_in_child(task, spec["arch"]))
+    for arch, results in rounds.items():
+        measured[arch].update(summarize(results, cfg.batch_size), rounds=results)
+    _write_cache(cache, {"key": key, "archs": measured})
+    return measured
 
 
 def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
@@ -429,5 +486,5 @@ def _figure_title(df: pd.DataFrame) -> str:
     )
 
 
-if __name__ == "__main__":  # the child process of _measure_in_child
-    print(json.dumps(measure_speed(json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # the child process of _in_child
+    print(json.dumps(_child_main(json.loads(sys.argv[1]))))

@@ -410,8 +410,18 @@ def plot_compare(df: pd.DataFrame, *, title: str | None = None) -> Figure:
     ]
     for ax, x, label, log in panels:
         ax.scatter(x, accuracy, s=40, color="tab:blue", zorder=3)
+        rightmost = float(x.max())
         for xi, yi, name in zip(x, accuracy, df["arch"], strict=True):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # The rightmost label goes to the left of its point, inside the axes.
+            left = len(x) > 1 and float(xi) == rightmost
+            ax.annotate(
+                name,
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(-5 if left else 5, 4),
+                ha="right" if left else "left",
+                fontsize=8,
+            )
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(label)

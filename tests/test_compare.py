@@ -13,7 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from reuse_analysis.cli import cli
-from reuse_analysis.compare import COLUMNS, CompareConfig, compare, to_markdown, write_outputs
+from reuse_analysis.compare import (
+    COLUMNS,
+    CompareConfig,
+    compare,
+    summarize,
+    to_markdown,
+    write_outputs,
+)
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.models import create_model
 from reuse_analysis.plotting import plot_compare
@@ -51,6 +58,7 @@ def _cfg(tmp_path, npz, **kw):
         "device": "cpu",
         "work_dir": str(tmp_path / "work"),
         "measure_steps": 1,
+        "measure_rounds": 1,
         "model_overrides": TINY,
     }
     return CompareConfig(**{**settings, **kw})
@@ -138,7 +146,7 @@ def test_figure_plots_accuracy_against_params_and_time(compared):
 def test_interrupted_compare_resumes_where_it_stopped(compared):
     df, _, notes, resumed = compared
     assert resumed == [1]  # the finished arch is not retrained; the other continues
-    assert sum("reusing the measurements" in n for n in notes) == 2
+    assert sum("reusing the measurements" in n for n in notes) == 1
     assert any(n.startswith("resnet18: resuming") for n in notes)
     assert df.arch.tolist() == ["d2l_densenet", "resnet18"]
 
@@ -147,12 +155,13 @@ def test_cli_compare_writes_the_table_and_figure(tmp_path):
     npz = _npz(tmp_path / "small.npz", 8, 4, 8)
     out = tmp_path / "reports" / "cmp.md"
     args = ["compare", "--arch", "d2l_densenet", "--dataset", f"npz:{npz}", "--epochs", "1"]
-    args += ["--batch-size", "4", "--measure-steps", "1", "--device", "cpu"]
+    args += ["--batch-size", "4", "--measure-steps", "1", "--measure-rounds", "2"]
+    args += ["--device", "cpu"]
     args += ["--data-dir", tmp_path / "cache", "--work-dir", tmp_path / "work", "-o", out]
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [str(out), str(out.with_suffix(".png"))]
-    assert "d2l_densenet: timing 1 training and inference steps" in result.stderr
+    assert "d2l_densenet: timing 1 training and inference steps (round 2 of 2)" in result.stderr
     assert "d2l_densenet: training 1 epoch(s)" in result.stderr
     rows = [line for line in out.read_text().splitlines() if line.startswith("| d2l_densenet")]
     assert len(rows) == 1 and rows[0].endswith(" % |")
@@ -184,3 +193,15 @@ def test_markdown_of_a_handmade_table():
     df.attrs.update(hardware="hw", dataset="d", image_shape=[3, 32, 32], settings={"epochs": 2})
     row = to_markdown(df).splitlines()[-1]
     assert row == "| a | 1.50M | 0.5 | 100 MB | 10.0 | 40.0 | 0.3 min | 2.5 min | 50.00 % |"
+
+
+def test_speed_is_the_fastest_step_of_all_rounds():
+    rounds = [
+        {"train_s": [2.0, 1.0], "infer_s": [0.5], "peak_train_mb": 10.0},
+        {"train_s": [4.0], "infer_s": [0.25, 1.0], "peak_train_mb": 12.0},
+    ]
+    assert summarize(rounds, batch=8) == {
+        "train_img_s": 8.0,
+        "infer_img_s": 32.0,
+        "peak_train_mb": 11.0,
+    }
