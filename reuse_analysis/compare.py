@@ -3,11 +3,11 @@
 For each architecture: parameters; FLOPs of one forward pass on one image (convolutions
 and matrix products, as ``torch.utils.flop_counter`` counts them: 2 per multiply-add);
 peak training memory and training and inference images/s (each architecture in a fresh
-child process, on random images of the data set's shape, in several rounds with the
-architectures in alternating order; speed from the fastest step of all rounds, which is
-the best estimate of the machine's speed when other processes share it); and test
-accuracy after the same training budget (the same epochs over the same fixed subset,
-seed and recipe, through :func:`train.train`).
+child process, on random images of the data set's shape, in rounds with the
+architectures in alternating order; speed from the fastest step of all rounds, timed on
+the CPU as one thread's CPU time, i.e. per core, see :func:`measure`); and test accuracy
+after the same training budget (the same epochs over the same fixed subset, seed and
+recipe, through :func:`train.train`).
 
 Every architecture's run is kept in ``work_dir`` under a name that encodes the settings
 (``ARCH-KEY.pt`` and its ``.train.pt``/``.log.csv``; ``measure-KEY.json``), so an
@@ -72,7 +72,7 @@ class CompareConfig:
     device: str = "auto"
     work_dir: str = "trained_models/compare"
     measure_steps: int = 3  # timed steps per round, architecture and kind (after one untimed)
-    measure_rounds: int = 3  # rounds of speed measurements, architectures in alternating order
+    measure_rounds: int = 2  # rounds of speed measurements, architectures in alternating order
     #: Per architecture, config overrides (e.g. narrower widths for a quick test).
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -155,6 +155,8 @@ class _Bench:
         from reuse_analysis.train import pick_device
 
         self.device = pick_device(spec["device"])
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)  # see measure(): CPU time of one core
         torch.manual_seed(0)
         model = model_from_config(spec["config"], arch=spec["arch"]).to(self.device).train()
         self.model = model
@@ -193,6 +195,12 @@ def measure(spec: Mapping[str, Any], steps: int) -> dict[str, Any]:
     """Peak training memory and the time of each training and inference step of one
     architecture (after one untimed step of each kind: kernel selection, allocator growth).
 
+    On a GPU the time is wall time (synchronised). On the CPU it is the CPU time of one
+    thread: on a machine shared with other jobs, wall time with several threads measures
+    the load more than the network (every parallel region waits at a barrier for threads
+    that were descheduled, which hurts networks of many small operations most), while one
+    thread's CPU time counts only the work. The result is images/s per core.
+
     Meant for a fresh process (see :func:`_in_child`): a process's peak resident size only
     grows, and models sharing a process slow each other down (oneDNN's primitive cache,
     the allocator), so each architecture gets its own.
@@ -205,30 +213,41 @@ def measure(spec: Mapping[str, Any], steps: int) -> dict[str, Any]:
         base = torch.cuda.memory_allocated(bench.device)
     else:
         base = _rss_bytes()
-    train_s = _timed(bench.train_step, steps)
+    clock = time.perf_counter if bench.device.type == "cuda" else time.process_time
+    train_s = _timed(bench.train_step, steps, clock)
     if bench.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(bench.device)
     else:
         peak = _maxrss_bytes()
-    infer_s = _timed(bench.infer_step, steps)
+    infer_s = _timed(bench.infer_step, steps, clock)
     return {"train_s": train_s, "infer_s": infer_s, "peak_train_mb": max(peak - base, 0) / 2**20}
 
 
-def _timed(step: Callable[[], None], steps: int) -> list[float]:
+def _timed(step: Callable[[], None], steps: int, clock: Callable[[], float]) -> list[float]:
     step()  # untimed
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock()
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
+
+
+def speed_basis(device: str) -> str:
+    """What the images/s columns mean on ``device`` (see :func:`measure`)."""
+    from reuse_analysis.train import pick_device
+
+    if pick_device(device).type == "cpu":
+        return "per CPU core (one thread, CPU time)"
+    return "wall time"
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], batch: int) -> dict[str, float]:
     """Images/s from the fastest step of all rounds, and the median peak memory.
 
     The fastest step, as ``timeit`` takes the minimum: other processes only ever slow a
-    step down, so the fastest one is the best estimate of what the machine does alone.
+    step down (CPU time too, through shared caches), so the fastest one is the best
+    estimate of what the machine does alone.
     """
     return {
         "train_img_s": batch / min(t for r in rounds for t in r["train_s"]),
@@ -344,6 +363,7 @@ def compare(
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs.update(
         hardware=machine,
+        speed_basis=speed_basis(cfg.device),
         dataset=cfg.dataset,
         image_shape=list(shape),
         settings={k: v for k, v in asdict(cfg).items() if k not in ("archs", "model_overrides")},
@@ -436,13 +456,20 @@ def to_markdown(df: pd.DataFrame) -> str:
         if first is not None
         else ""
     )
+    basis = a.get("speed_basis", "wall time")
+    per_core = basis.startswith("per CPU core")
     lines = [
         f"Data set: `{a.get('dataset')}` ({'×'.join(map(str, a.get('image_shape', [])))}). "
         f"Budget: {budget}.",
-        f"Hardware: {a.get('hardware')}.",
+        f"Hardware: {a.get('hardware')}. Images/s: {basis}, fastest step of "
+        f"{s.get('measure_rounds')} round(s) × {s.get('measure_steps')} steps; the budget "
+        f"column is the training budget at that speed"
+        + (" on one core" if per_core else "")
+        + "; wall clock is how long training took in this run.",
         "",
         "| arch | params | GFLOPs/image | peak training memory | training img/s "
-        "| inference img/s | budget at that speed | wall clock | test accuracy |",
+        f"| inference img/s | budget{' (one core)' if per_core else ''} | wall clock "
+        "| test accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in df.itertuples(index=False):

@@ -404,7 +404,8 @@ def plot_compare(df: pd.DataFrame, *, title: str | None = None) -> Figure:
         (
             axes[1],
             df["budget_minutes"].astype(float),
-            "training time at the measured speed (minutes)",
+            "training budget at the measured speed (minutes"
+            + (", one core)" if df.attrs.get("speed_basis", "").startswith("per CPU") else ")"),
             False,
         ),
     ]

@@ -102,6 +102,7 @@ def test_compare_measures_and_trains_every_arch(compared):
     macs = estimate_macs(infer_structure(dense.state_dict()), 16)
     assert df.gflops[0] == pytest.approx(2 * macs / 1e9, rel=1e-6)
     assert "cores" in df.attrs["hardware"]
+    assert df.attrs["speed_basis"] == "per CPU core (one thread, CPU time)"
 
 
 def test_accuracy_is_that_of_the_saved_checkpoint(compared):
@@ -123,6 +124,7 @@ def test_table_and_figure_files(compared, tmp_path):
     text = md.read_text()
     assert text.count("\n| d2l_densenet |") == 1 and text.count("\n| resnet18 |") == 1
     assert df.attrs["hardware"] in text and "1 epoch(s) over 16 training images" in text
+    assert "Images/s: per CPU core (one thread, CPU time), fastest step of 1 round(s)" in text
     assert matplotlib.image.imread(png).shape[1] > 800
     csv, _ = write_outputs(df, tmp_path / "out" / "cmp.csv")
     back = pd.read_csv(csv)
