@@ -679,7 +679,7 @@ def evaluate(
 @click.option(
     "--measure-rounds",
     type=click.IntRange(1),
-    default=3,
+    default=2,
     show_default=True,
     help="Rounds of speed measurements, architectures in alternating order; the fastest "
     "step counts (other processes only slow steps down).",

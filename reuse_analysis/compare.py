@@ -401,7 +401,12 @@ def _measure_all(
             "params": sum(p.numel() for p in model.parameters()),
             "gflops": count_flops(model, shape) / 1e9,
         }
-    settings = {"steps": cfg.measure_steps, "rounds": cfg.measure_rounds, "hardware": machine}
+    settings = {
+        "steps": cfg.measure_steps,
+        "rounds": cfg.measure_rounds,
+        "hardware": machine,
+        "basis": speed_basis(cfg.device),  # how steps are timed: old files do not count
+    }
     key = _key({"specs": specs, **settings})
     cache = Path(cfg.work_dir) / f"measure-{key}.json"
     cached = _read_cache(cache, key)
