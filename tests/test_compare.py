@@ -157,13 +157,13 @@ def test_cli_compare_writes_the_table_and_figure(tmp_path):
     npz = _npz(tmp_path / "small.npz", 8, 4, 8)
     out = tmp_path / "reports" / "cmp.md"
     args = ["compare", "--arch", "d2l_densenet", "--dataset", f"npz:{npz}", "--epochs", "1"]
-    args += ["--batch-size", "4", "--measure-steps", "1", "--measure-rounds", "2"]
+    args += ["--batch-size", "4", "--measure-steps", "1", "--measure-rounds", "1"]
     args += ["--device", "cpu"]
     args += ["--data-dir", tmp_path / "cache", "--work-dir", tmp_path / "work", "-o", out]
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [str(out), str(out.with_suffix(".png"))]
-    assert "d2l_densenet: timing 1 training and inference steps (round 2 of 2)" in result.stderr
+    assert "d2l_densenet: timing 1 training and inference steps (round 1 of 1)" in result.stderr
     assert "d2l_densenet: training 1 epoch(s)" in result.stderr
     rows = [line for line in out.read_text().splitlines() if line.startswith("| d2l_densenet")]
     assert len(rows) == 1 and rows[0].endswith(" % |")
