@@ -72,6 +72,35 @@ trust_option = click.option(
     "custom classes). This runs code from the file: only for files you trust.",
 )
 
+arch_option = click.option(
+    "--arch",
+    help="Trace this network instead of reading weight names: a registered model "
+    "(d2l_densenet, googlenet, densenet121, …) or module:function returning an nn.Module. "
+    "MODEL's weights are loaded into it (strict); works for any network whose layers read "
+    "a torch.cat of earlier tensors, in the order the graph concatenates them.",
+)
+input_size_option = click.option(
+    "--input-size",
+    type=click.IntRange(1),
+    help="Side of the example image the --arch model is traced with "
+    "(default: the size the checkpoint records, else 32).",
+)
+
+
+def _analyze(
+    model: Path, arch: str | None, input_size: int | None, concat_order: str, trust_pickle: bool
+) -> Any:
+    """The weight-name analysis, or the traced one when ``--arch`` names the network."""
+    if arch is None:
+        if input_size is not None:
+            fail("--input-size applies to --arch only")
+        from reuse_analysis.analysis import analyze
+
+        return analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    from reuse_analysis.traced import analyze_traced
+
+    return analyze_traced(model, arch, input_size=input_size, trust_pickle=trust_pickle)
+
 
 def _default_output(model: Path, suffix: str) -> Path:
     return DEFAULT_REPORTS / f"{model.stem}{suffix}"
@@ -131,6 +160,8 @@ def cli() -> None:
 @click.option(
     "--dpi", type=click.IntRange(50, 1200), default=150, show_default=True, help="PNG resolution."
 )
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
 def heatmap(
@@ -142,6 +173,8 @@ def heatmap(
     title: str | None,
     annotate: bool | None,
     dpi: int,
+    arch: str | None,
+    input_size: int | None,
     trust_pickle: bool,
 ) -> None:
     """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
@@ -154,10 +187,9 @@ def heatmap(
         fail(f"unknown colour map {cmap!r}; try viridis, magma or jet")
 
     from reuse_analysis._io import atomic_path
-    from reuse_analysis.analysis import analyze
     from reuse_analysis.plotting import plot_reuse_heatmap
 
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
     fig = plot_reuse_heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
@@ -166,7 +198,7 @@ def heatmap(
         # Fast zlib level for PNG: the large flat areas compress well anyway.
         extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
         fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
-    _note(f"{result.structure.summary()}; concat order {concat_order}")
+    _note(f"{result.structure.summary()}; concat order {result.table.attrs['concat_order']}")
     _notes(result)
     click.echo(str(output))
 
@@ -187,10 +219,18 @@ def heatmap(
     help="File to write (default: standard output).",
 )
 @concat_option
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
 def table(
-    model: Path, fmt: str | None, output: Path | None, concat_order: str, trust_pickle: bool
+    model: Path,
+    fmt: str | None,
+    output: Path | None,
+    concat_order: str,
+    arch: str | None,
+    input_size: int | None,
+    trust_pickle: bool,
 ) -> None:
     """Print the reuse matrix of MODEL, one row per (block, source, target).
 
@@ -199,9 +239,7 @@ def table(
     """
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
-    from reuse_analysis.analysis import analyze
-
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
     text = _table_text(result, fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -210,7 +248,8 @@ def table(
 
         write_text_atomic(output, text)
         click.echo(str(output))
-    _note(f"{result.structure.summary()}; concat order {concat_order} (assumed)")
+    order = result.table.attrs["concat_order"]
+    _note(f"{result.structure.summary()}; concat order {order}" + " (assumed)" * (arch is None))
     _notes(result)
 
 
@@ -223,6 +262,7 @@ def _table_text(result: Any, fmt: str) -> str:
         "structure": df.attrs["structure"],
         "concat_order": df.attrs["concat_order"],
         "metric": df.attrs["metric"],
+        **({"layout": df.attrs["layout"]} if "layout" in df.attrs else {}),
         "columns": list(df.columns),
         "rows": json.loads(df.to_json(orient="records", double_precision=15)),
     }
@@ -232,10 +272,22 @@ def _table_text(result: Any, fmt: str) -> str:
 @cli.command()
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the structure as JSON.")
+@arch_option
+@input_size_option
 @trust_option
 @handles_bad_input
-def info(model: Path, as_json: bool, trust_pickle: bool) -> None:
-    """Show the structure inferred from MODEL's weights: blocks, layers, k, θ, classifier."""
+def info(
+    model: Path, as_json: bool, arch: str | None, input_size: int | None, trust_pickle: bool
+) -> None:
+    """Show the structure inferred from MODEL's weights: blocks, layers, k, θ, classifier.
+
+    With --arch: the concatenation groups found by tracing that network.
+    """
+    if arch is not None:
+        result = _analyze(model, arch, input_size, "oldest-first", trust_pickle)
+        traced = {"file": str(model), "arch": arch, **result.structure.to_dict()}
+        click.echo(json.dumps(traced, indent=2) if as_json else _traced_text(traced))
+        return
     from reuse_analysis.analysis import load_structure
 
     _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
@@ -251,6 +303,23 @@ def info(model: Path, as_json: bool, trust_pickle: bool) -> None:
         click.echo(json.dumps(described, indent=2, default=str))
         return
     click.echo(_info_text(described))
+
+
+def _traced_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['file']}: {d['summary']}", f"  concat order    {d['concat_order']}"]
+    for g in d["groups"]:
+        kinds = [t["kind"] for t in g["targets"]]
+        counted = ", ".join(
+            f"{kinds.count(k)} {k}" + ("es" if k.endswith("ch") else "s") * (kinds.count(k) > 1)
+            for k in dict.fromkeys(kinds)
+        )
+        title = g["title"].replace("\n", " ")
+        lines.append(
+            f"  group {g['index']} ({g['layout']}) {title}: {len(g['sources'])} sources "
+            f"read by {counted}"
+        )
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)
 
 
 def _info_text(d: dict[str, Any]) -> str:
@@ -462,7 +531,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--drop-rate",
     type=click.FloatRange(0, 1, max_open=True),
     default=None,
-    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2).",
+    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2); "
+    "zoo models keep their own (0.5 in alexnet, vgg11, nin) unless this is given.",
 )
 @click.option(
     "--out",
@@ -579,6 +649,110 @@ def evaluate(
             f"(error {100 * (1 - result['accuracy']):.2f} %), loss {result['loss']:.4f} "
             f"on {result['images']} images of {result['dataset']}"
         )
+
+
+@cli.command()
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    required=True,
+    help="An architecture to compare (repeat the option), e.g. --arch resnet18 "
+    "--arch densenet_bc_100 --arch d2l_densenet.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    help="cifar10, fashion-mnist, npz:PATH, imagefolder:PATH … (as for train).",
+)
+@click.option(
+    "--data-dir",
+    default="data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where data sets are cached.",
+)
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Initial learning rate for every architecture; ÷10 at 50 % and 75 % of the epochs.",
+)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option(
+    "--limit-train",
+    type=click.IntRange(1),
+    help="Train every architecture on the same fixed random subset of N images.",
+)
+@click.option(
+    "--limit-test", type=click.IntRange(1), help="Evaluate on a fixed random subset of N images."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+@click.option(
+    "--measure-steps",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Timed training and inference steps per architecture and round.",
+)
+@click.option(
+    "--measure-rounds",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Rounds of speed measurements, architectures in alternating order; the fastest "
+    "step counts (other processes only slow steps down).",
+)
+@click.option(
+    "--work-dir",
+    default="trained_models/compare",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where each architecture's checkpoint goes; a rerun of the same command reuses "
+    "finished ones and resumes the one that was interrupted.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Table to write, .md or .csv; the figure goes beside it as .png "
+    "(default: reports/compare-DATASET.md).",
+)
+@handles_bad_input
+def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
+    """Compare architectures on one data set: parameters, FLOPs, peak training memory,
+    training and inference images/s, and accuracy after the same training budget.
+
+    Everything runs in one go on this machine; progress goes to stderr, the paths of the
+    table and the figure to stdout.
+    """
+    if output is None:
+        dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
+        output = DEFAULT_REPORTS / f"compare-{dataset}.md"
+    if output.suffix.lower() not in (".md", ".csv"):
+        fail(f"cannot write {output}: use .md or .csv as the extension")
+    import contextlib
+
+    from reuse_analysis.compare import CompareConfig, write_outputs
+    from reuse_analysis.compare import compare as run_compare
+
+    cfg = CompareConfig(archs=archs, **kwargs)
+    try:
+        # Training reports each epoch on stdout; here stdout is for the output paths.
+        with contextlib.redirect_stdout(sys.stderr):
+            df = run_compare(cfg, log=_note)
+    except KeyboardInterrupt:
+        _note("interrupted: rerun the same command to resume")
+        raise SystemExit(130) from None
+    table, figure = write_outputs(df, output)
+    click.echo(str(table))
+    click.echo(str(figure))
 
 
 def main() -> None:

@@ -21,7 +21,13 @@ def rebuild_model(checkpoint: Any):
             f"{checkpoint.path} records no model config, so the network cannot be rebuilt; "
             "evaluate needs a checkpoint written by `reuse-analysis train`"
         )
-    model = model_from_config(checkpoint.config)
+    try:
+        model = model_from_config(checkpoint.config, arch=checkpoint.arch)
+    except (ValueError, TypeError) as exc:
+        raise ReuseAnalysisError(
+            f"{checkpoint.path}: the recorded config does not describe "
+            f"{checkpoint.arch or 'a DenseNet'} ({exc})"
+        ) from None
     try:
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except RuntimeError as exc:

@@ -8,6 +8,7 @@ builders return a :class:`matplotlib.figure.Figure` without touching pyplot's st
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib as mpl
@@ -66,6 +67,12 @@ def block_grid(df: pd.DataFrame, block: int, values: str | pd.Series) -> np.ma.M
     return np.ma.masked_invalid(grid)
 
 
+def block_layout(df: pd.DataFrame, block: int) -> str:
+    """``dense`` (a lower triangle, Figure 5) or ``matrix`` (every target reads every source,
+    e.g. Inception branches), as the traced analysis records in ``attrs["layout"]``."""
+    return df.attrs.get("layout", {}).get(block, "dense")
+
+
 def _extra_kind(df: pd.DataFrame, block: int) -> str | None:
     kinds = set(df.loc[df["block"] == block, "target_kind"]) - {"layer"}
     return kinds.pop() if kinds else None
@@ -99,8 +106,15 @@ def plot_block(
     extra_label: str | None = None,
     annotate: bool = False,
     cell: float = 0.3,
+    title: str | None = None,
+    source_labels: Sequence[str] | None = None,
+    target_labels: Sequence[str] | None = None,
 ) -> Axes:
-    """Draw one block's matrix into ``ax``: row 0 on top, extra column outlined in black."""
+    """Draw one block's matrix into ``ax``: row 0 on top, extra column outlined in black.
+
+    With ``source_labels``/``target_labels`` every row/column is labelled by name (the
+    branches of a concatenation) instead of by number.
+    """
     colormap = mpl.colormaps[cmap].with_extremes(bad="white")
     n_src, n_tgt = grid.shape
     ax.imshow(
@@ -112,18 +126,22 @@ def plot_block(
         interpolation="nearest",
         aspect="equal",
     )
-    xt = _ticks(n_tgt, first=1, cell=cell)
+    xt = list(range(n_tgt)) if target_labels else _ticks(n_tgt, first=1, cell=cell)
     ax.set_xticks(xt)
-    labels = [str(t + 1) for t in xt]
+    labels = list(target_labels) if target_labels else [str(t + 1) for t in xt]
     if extra_label:
         labels[-1] = extra_label
         ax.add_patch(
             Rectangle((n_tgt - 1.5, -0.5), 1, n_src, fill=False, edgecolor="black", linewidth=1.5)
         )
     ax.set_xticklabels(labels)
-    ax.set_yticks(_ticks(n_src, first=0, cell=cell))
+    if source_labels:
+        ax.set_yticks(range(n_src))
+        ax.set_yticklabels(source_labels)
+    else:
+        ax.set_yticks(_ticks(n_src, first=0, cell=cell))
     ax.set_anchor("N")
-    ax.set_title(f"Dense Block {block}")
+    ax.set_title(title or f"Dense Block {block}", fontsize=None if title is None else 9)
     ax.tick_params(labelsize=7 if max(n_src, n_tgt) > 20 else 8, length=2)
     if annotate:
         span = vmax - vmin if vmax > vmin else 1.0
@@ -157,23 +175,31 @@ _MAX_WIDTH = 22.0
 def _panel_layout(
     fig: Figure | None,
     shapes: Sequence[tuple[int, int]],
+    bar_label: str = "",
     page: tuple[float, float] | None = None,
-) -> tuple[Figure, list[Axes], Axes, float]:
+) -> tuple[Figure, list[Axes], Axes, float, str]:
     """Side-by-side axes with square cells of one size, top-aligned, and a colour-bar axes.
 
     With ``page`` (width, height in inches) the figure has exactly that size and the panels
-    are scaled to fit inside it, centred; otherwise the figure grows with the blocks.
+    are scaled to fit inside it, centred; otherwise the figure grows with the blocks. Also
+    returns the colour-bar label wrapped to the bar's height (short blocks), with room on
+    the right for its extra lines.
     """
     cols = sum(c for _, c in shapes)
     rows = max(r for r, _ in shapes)
     fixed = _LEFT + _GAP * (len(shapes) - 1) + _BAR_ROOM
     if page is None:
         cell = float(np.clip((_MAX_WIDTH - fixed) / cols, 0.08, 0.42))
-        width, height = max(fixed + cols * cell, 5.0), _TOP + rows * cell + _BOTTOM
+        bar_label = _fit_label(bar_label, rows * cell)
+        width = max(fixed + 0.15 * bar_label.count("\n") + cols * cell, 5.0)
+        height = _TOP + rows * cell + _BOTTOM
         left, top = _LEFT, _TOP
     else:
         width, height = page
         cell = min(0.42, (width - fixed) / cols, (height - _TOP - _BOTTOM) / rows)
+        bar_label = _fit_label(bar_label, rows * cell)
+        fixed += 0.15 * bar_label.count("\n")
+        cell = min(cell, (width - fixed) / cols)
         left = _LEFT + (width - fixed - cols * cell) / 2
         top = _TOP + (height - _TOP - _BOTTOM - rows * cell) / 2
     if fig is None:
@@ -189,7 +215,13 @@ def _panel_layout(
     bar = fig.add_axes(
         (x / width, (height - top - rows * cell) / height, _BAR / width, rows * cell / height)
     )
-    return fig, axes, bar, cell
+    return fig, axes, bar, cell, bar_label
+
+
+def _fit_label(label: str, inches: float, fontsize: float = 8) -> str:
+    """Wrap a colour-bar label onto lines no longer than the bar (short blocks)."""
+    chars = max(12, int(inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(label, chars)) if len(label) > chars else label
 
 
 def _draw_blocks(
@@ -208,8 +240,26 @@ def _draw_blocks(
     grids = [block_grid(df, b, values) for b in blocks]
     if annotate is None:
         annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
-    fig, axes, bar_ax, cell = _panel_layout(fig, [g.shape for g in grids], page)
+    fig, axes, bar_ax, cell, bar_label = _panel_layout(
+        fig, [g.shape for g in grids], bar_label, page
+    )
     for ax, b, g in zip(axes, blocks, grids, strict=True):
+        if block_layout(df, b) == "matrix":
+            plot_block(
+                ax,
+                g,
+                block=b,
+                vmin=vmin,
+                vmax=vmax,
+                cmap=cmap,
+                annotate=annotate,
+                cell=cell,
+                title=df.attrs.get("block_titles", {}).get(b, f"Group {b}"),
+                source_labels=df.attrs.get("source_labels", {}).get(b),
+                target_labels=df.attrs.get("target_labels", {}).get(b),
+            )
+            ax.set_xlabel("Reading layer", fontsize=9)
+            continue
         extra = _extra_kind(df, b)
         plot_block(
             ax,
@@ -223,7 +273,8 @@ def _draw_blocks(
             cell=cell,
         )
         ax.set_xlabel("Target layer (t)", fontsize=9)
-    axes[0].set_ylabel("Source layer (s)", fontsize=9)
+    first_dense = block_layout(df, blocks[0]) == "dense"
+    axes[0].set_ylabel("Source layer (s)" if first_dense else "Source", fontsize=9)
     mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
     bar = fig.colorbar(mappable, cax=bar_ax)
     bar.set_label(bar_label, fontsize=8)
@@ -363,3 +414,50 @@ def plot_channel_usage(usage: np.ndarray, ax: Axes, *, title: str = "") -> Axes:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return ax
+
+
+# ----------------------------------------------------------------------------- comparisons
+def plot_compare(df: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Test accuracy against parameters and against training time (the budget at each
+    architecture's measured training speed), one point per architecture (a table from
+    :func:`reuse_analysis.compare.compare`)."""
+    missing = [c for c in ("arch", "params", "budget_minutes", "test_acc") if c not in df.columns]
+    if missing:
+        raise ValueError(f"comparison table lacks the columns {', '.join(missing)}")
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    accuracy = 100 * df["test_acc"].astype(float)
+    panels = [
+        (axes[0], df["params"] / 1e6, "parameters (millions, log scale)", True),
+        (
+            axes[1],
+            df["budget_minutes"].astype(float),
+            "training budget at the measured speed (minutes"
+            + (", one core)" if df.attrs.get("speed_basis", "").startswith("per CPU") else ")"),
+            False,
+        ),
+    ]
+    for ax, x, label, log in panels:
+        ax.scatter(x, accuracy, s=40, color="tab:blue", zorder=3)
+        rightmost = float(x.max())
+        for xi, yi, name in zip(x, accuracy, df["arch"], strict=True):
+            # The rightmost label goes to the left of its point, inside the axes.
+            left = len(x) > 1 and float(xi) == rightmost
+            ax.annotate(
+                name,
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(-5 if left else 5, 4),
+                ha="right" if left else "left",
+                fontsize=8,
+            )
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.25, y=0.2)
+    axes[0].set_ylabel("test accuracy (%)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.13, top=0.83, wspace=0.08)
+    return fig

@@ -216,19 +216,39 @@ def evaluate(
     return loss_sum / max(len(data), 1), correct / max(len(data), 1)
 
 
+def _model_overrides(cfg: TrainConfig, ds: DataSet) -> dict[str, Any]:
+    """Config fields set by the data set and the command line.
+
+    The paper's DenseNets follow its dropout rule (``effective_drop_rate``); the zoo's
+    models keep their own dropout (the book's 0.5 in AlexNet, VGG and NiN) unless
+    ``--drop-rate`` is given, and only DenseNets have a memory-efficient mode.
+    """
+    from reuse_analysis.models import config_class, is_densenet
+
+    overrides: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": ds.in_channels}
+    if is_densenet(cfg.arch):
+        overrides["drop_rate"] = cfg.effective_drop_rate()
+        if cfg.memory_efficient:
+            overrides["memory_efficient"] = True
+        return {**overrides, **cfg.model_overrides}
+    fields = {f.name for f in dataclasses.fields(config_class(cfg.arch))}
+    if cfg.memory_efficient:
+        raise TrainingError(f"--memory-efficient applies to DenseNets only, not {cfg.arch}")
+    if cfg.drop_rate is not None:
+        if "drop_rate" not in fields:
+            raise TrainingError(f"{cfg.arch} has no dropout; leave out --drop-rate")
+        overrides["drop_rate"] = cfg.drop_rate
+    return {**overrides, **cfg.model_overrides}
+
+
 def build_model(cfg: TrainConfig, ds: DataSet) -> tuple[nn.Module, dict[str, Any]]:
     """The architecture named in ``cfg`` sized for the data set; returns it and its config."""
-    from reuse_analysis.models import create_model
+    from reuse_analysis.models import MODELS, create_model
 
-    overrides = {
-        "num_classes": ds.num_classes,
-        "in_channels": ds.in_channels,
-        "drop_rate": cfg.effective_drop_rate(),
-        **({"memory_efficient": True} if cfg.memory_efficient else {}),
-        **cfg.model_overrides,
-    }
+    if cfg.arch not in MODELS:
+        raise TrainingError(f"unknown model {cfg.arch!r}; known models: {', '.join(MODELS)}")
     try:
-        model = create_model(cfg.arch, **overrides)
+        model = create_model(cfg.arch, **_model_overrides(cfg, ds))
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)

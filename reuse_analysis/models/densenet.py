@@ -208,7 +208,8 @@ class _DenseLayer(nn.Module):
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         """Read the block's features so far (oldest first) and return the ``k`` new channels."""
-        if self.memory_efficient and any(t.requires_grad for t in inputs):
+        # isinstance: under torch.fx tracing the inputs are proxies, which take the plain path.
+        if self.memory_efficient and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
             out = self._checkpointed_first_conv(inputs)
         else:
             out = self._first_conv(*inputs)
