@@ -6,16 +6,18 @@ where ``<value>`` names what the metric measures (``mean_abs_weight`` for the pa
 metric). ``df.attrs["metric"]`` records the metric, so that plots, observations and
 reports read the value column through :func:`value_column` whatever the metric.
 
-Pure pandas, no torch: plotting and reports import this.
+Pure pandas, no torch: plotting and reports import this, and the command line reads the
+metric names from here without importing pandas (it is imported where a table is built).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ def build_table(
     Adds the column-normalised values, then ``extra`` columns (same order as ``rows``), and
     records the metric, concat order and structure summary in ``attrs``.
     """
+    import pandas as pd
+
     info = metric_info(metric)
     df = pd.DataFrame(list(rows), columns=[*KEYS, info.column])
     df[info.column] = df[info.column].astype("float64")
