@@ -151,7 +151,7 @@ def config_from_structure(structure: DenseNetStructure, where: str = "the weight
         except ValueError as exc:
             problem = str(exc)
     raise ProbeError(
-        f"{where}: data-driven metrics need a DenseNet the toolkit can rebuild, and {problem}; "
+        f"{where}: data-driven metrics need a model the toolkit can run, and {problem}; "
         "weight-only metrics (--metric weight / bn-weight) still work"
     )
 
@@ -678,16 +678,6 @@ def probe_tables(
     return tables
 
 
-def describe(df: pd.DataFrame) -> str:
-    """``activation on 1000 train images of cifar10``: what a data-driven table measured."""
-    a = df.attrs
-    if "images" not in a:
-        return str(a.get("metric", "weight"))
-    where = f" of {a['dataset']}" if a.get("dataset") else ""
-    split = f" {a['split']}" if a.get("split") else ""
-    return f"{a.get('metric')} on {a['images']}{split} images{where}"
-
-
 __all__ = [
     "SPLITS",
     "LossFn",
@@ -696,7 +686,6 @@ __all__ = [
     "config_from_structure",
     "connection_table",
     "cross_entropy",
-    "describe",
     "load_data",
     "probe_images",
     "probe_inputs",
