@@ -213,17 +213,44 @@ def connection_values(
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _evaluator(model: torch.nn.Module, ds: Any, limit: int | None, device: Any, batch_size: int):
-    """``evaluate(state_dict) → (loss, accuracy)`` on a fixed subset of the test split."""
+def _evaluator(
+    model: torch.nn.Module,
+    ds: Any,
+    limit: int | None,
+    device: Any,
+    batch_size: int,
+    cache_dir: Any = None,
+):
+    """``evaluate(state_dict) → (loss, accuracy)`` on a fixed subset of the test split.
+
+    With ``cache_dir``, results are kept in ``evaluations.json`` there, keyed by the
+    weights' hash and the test images, so the same weights are never evaluated twice
+    (repeated ``prune`` runs all measure the same unpruned model first).
+    """
+    import json
+    from pathlib import Path
+
+    from reuse_analysis._io import write_text_atomic
+    from reuse_analysis.probes import state_hash
     from reuse_analysis.train import eval_subset, evaluate
 
     if ds.test is None or len(ds.test) == 0:
         raise PruneError(f"{ds.name} has no test split to measure accuracy on")
     test = eval_subset(ds.test, limit)
+    store = Path(cache_dir) / "evaluations.json" if cache_dir is not None else None
+    where = json.dumps([ds.name, len(test), list(ds.mean), list(ds.std)])
 
     def run(state_dict: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        key = f"{state_hash(state_dict)}|{where}"
+        saved = json.loads(store.read_text()) if store is not None and store.is_file() else {}
+        if key in saved:
+            return tuple(saved[key])  # type: ignore[return-value]
         model.load_state_dict(dict(state_dict))
-        return evaluate(model, test, ds, device, batch_size=batch_size, progress=True)
+        result = evaluate(model, test, ds, device, batch_size=batch_size, progress=True)
+        if store is not None:
+            saved = json.loads(store.read_text()) if store.is_file() else {}
+            write_text_atomic(store, json.dumps({**saved, key: list(result)}))
+        return result
 
     run.images = len(test)  # type: ignore[attr-defined]
     return run
@@ -346,7 +373,7 @@ def prune_checkpoint(
         )
     masks = keep_masks(state_dict, structure, cuts)
     pruned = apply_cuts(state_dict, structure, cuts)
-    evaluate = _evaluator(model, ds, limit, device, settings.batch_size)
+    evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())
     loss_before, acc_before = evaluate(state_dict)
     loss_pruned, acc_pruned = evaluate(pruned)
     record: dict[str, Any] = {
@@ -460,7 +487,7 @@ def sweep(
     ds = load_data(ckpt.meta if ckpt else {}, settings.dataset, settings.data_dir)
     device = pick_device(settings.device)
     model.to(device)
-    evaluate = _evaluator(model, ds, limit, device, settings.batch_size)
+    evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())
     key = {
         "weights": state_hash(state_dict),
         "test": [ds.name, evaluate.images, list(ds.mean), list(ds.std)],
