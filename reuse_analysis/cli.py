@@ -192,7 +192,7 @@ def cli() -> None:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Image to write; the extension picks the format (.png, .pdf, .svg). "
-    "Default: reports/MODEL-heatmap.png.",
+    "Default: reports/MODEL-heatmap.png (MODEL-METRIC-heatmap.png for other metrics).",
 )
 @click.option(
     "--normalize",
@@ -236,7 +236,8 @@ def heatmap(
     trust_pickle: bool,
 ) -> None:
     """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
-    output = output or _default_output(model, "-heatmap.png")
+    suffix = "-heatmap.png" if metric == "weight" else f"-{metric}-heatmap.png"
+    output = output or _default_output(model, suffix)
     if output.suffix.lower() not in HEATMAP_FORMATS:
         fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
     import matplotlib

@@ -61,8 +61,9 @@ class ProbeError(ReuseAnalysisError):
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-image cross-entropy (the training loss), computed in at least float32."""
-    return F.cross_entropy(logits.float() if logits.dtype != torch.float64 else logits, labels,
-                           reduction="none")  # fmt: skip
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels, reduction="none")
 
 
 @dataclass(frozen=True)

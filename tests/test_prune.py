@@ -316,3 +316,11 @@ def test_bad_requests_one_error_line(tmp_path, trained, args):
     assert result.stdout == ""
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
     assert not Path(tmp_path / "o" / "out.csv").exists()
+
+
+def test_heatmap_default_name_says_the_metric(tmp_path, trained, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("heatmap", trained, "--metric", "bn-weight")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(Path("reports") / "tiny-bn-weight-heatmap.png")
+    assert (tmp_path / "reports" / "tiny-bn-weight-heatmap.png").is_file()
