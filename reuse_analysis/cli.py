@@ -603,7 +603,7 @@ def agreement(
     df = _agreement(model, _settings(probe), trust_pickle, metrics)
     a = df.attrs
     title = (
-        f"{model.stem}: rank agreement with ablation ({a['images']} {a['split']} images of "
+        f"{model.stem}: rank agreement with ablation\n({a['images']} {a['split']} images of "
         f"{a['dataset']})"
     )
     fig = agreement_figure(df, title=title)
@@ -619,7 +619,7 @@ def agreement(
         }
         click.echo(json.dumps(payload, indent=2))
     else:
-        click.echo(f"{title}; Spearman ρ (concat order oldest-first)")
+        click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order oldest-first)")
         click.echo(agreement_text(df))
     _note(f"figure: {output}")
 
@@ -779,9 +779,9 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
     fig = sweep_figure(
         df[df.metric != UNPRUNED],
         baseline=float(base.accuracy.iloc[0]),
-        title=f"{model.stem}: accuracy after cutting the weakest connections, no fine-tuning "
-        f"({a['test_images']} test images; data-driven metrics on {a['probe_images']} "
-        f"{a['probe_split']} images)",
+        title=f"{model.stem}: accuracy after cutting the weakest connections, no fine-tuning\n"
+        f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
+        f"{a['probe_split']} images; scope {scope}",
     )
     table = output.with_suffix(".csv")
     with atomic_path(output) as tmp:
