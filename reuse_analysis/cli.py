@@ -744,7 +744,8 @@ def prune(
     summary = (
         f"cut {record['connections_cut']} of {record['connections']} connections "
         f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
-        f"the layers' first-conv input channels) by {metric}; test accuracy on "
+        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
+        "test accuracy on "
         f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
         f"{100 * record['accuracy_pruned']:.2f} %"
     )
@@ -781,7 +782,7 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
         baseline=float(base.accuracy.iloc[0]),
         title=f"{model.stem}: accuracy after cutting the weakest connections, no fine-tuning\n"
         f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
-        f"{a['probe_split']} images; scope {scope}",
+        f"{a['probe_split']} images; scope {scope}; concat order oldest-first",
     )
     table = output.with_suffix(".csv")
     with atomic_path(output) as tmp:
