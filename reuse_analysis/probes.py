@@ -357,9 +357,13 @@ def _variant_logits(
     new = layer.drop1(torch.cat([z - _partial(layer.conv1, a, s, e) for _, s, e in sources]))
     if layer.bottleneck:
         new = layer.drop2(layer.conv2(layer.relu2(layer.norm2(new))))
-    x = torch.cat([prefix.repeat(len(sources), 1, 1, 1), new], 1)
-    if x.shape[0] != len(sources) * n:
-        raise AssertionError("variant batch has the wrong size")
+    # The variants' features so far, [x_0 … x_{t-1} (shared), x_t (cut)], laid out
+    # channels-last like the fused block's buffer, so that copying them in is row by row.
+    v, (_, c, h, w) = len(sources), prefix.shape
+    x = prefix.new_empty(v, n, h, w, c + new.shape[1])
+    x[..., :c] = prefix.permute(0, 2, 3, 1)
+    x[..., c:] = new.view(v, n, *new.shape[1:]).permute(0, 1, 3, 4, 2)
+    x = x.view(v * n, h, w, -1).permute(0, 3, 1, 2)
     return net.after_block(b, net.run_layers(b, x, col.target))
 
 
