@@ -210,8 +210,17 @@ def _plain(value: Any) -> Any:
     return None
 
 
-# Nested records worth keeping beside the weights: training args, data set, metrics history.
-_META_RECORDS = ("meta", "args", "hyper_parameters", "dataset", "train_config", "history")
+# Nested records worth keeping beside the weights: training args, data set, metrics history,
+# and the connections `reuse-analysis prune` cut.
+_META_RECORDS = (
+    "meta",
+    "args",
+    "hyper_parameters",
+    "dataset",
+    "train_config",
+    "history",
+    "prune",
+)
 
 
 def _plain_meta(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from reuse_analysis import __version__
+from reuse_analysis.tables import METRICS
 
 CONCAT_HELP = (
     "How each layer concatenates its inputs: oldest-first is [x0, x1, …] (torchvision, "
@@ -88,7 +89,13 @@ input_size_option = click.option(
 
 
 def _analyze(
-    model: Path, arch: str | None, input_size: int | None, concat_order: str, trust_pickle: bool
+    model: Path,
+    arch: str | None,
+    input_size: int | None,
+    concat_order: str,
+    trust_pickle: bool,
+    metric: str = "weight",
+    probe: dict[str, Any] | None = None,
 ) -> Any:
     """The weight-name analysis, or the traced one when ``--arch`` names the network."""
     if arch is None:
@@ -96,10 +103,111 @@ def _analyze(
             fail("--input-size applies to --arch only")
         from reuse_analysis.analysis import analyze
 
-        return analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
+        settings = _settings(probe) if probe is not None else None
+        return analyze(
+            model,
+            concat_order=concat_order,
+            trust_pickle=trust_pickle,
+            metric=metric,
+            probe=settings,
+        )
+    if metric != "weight":
+        fail(
+            f"--metric {metric} runs a DenseNet found by its weight names; the traced "
+            "analysis (--arch) reads weights only: drop --arch, or use --metric weight"
+        )
     from reuse_analysis.traced import analyze_traced
 
     return analyze_traced(model, arch, input_size=input_size, trust_pickle=trust_pickle)
+
+
+METRIC_HELP = (
+    "What the table measures. weight: mean |w| per source slice (the paper's); bn-weight: "
+    "|w| scaled by |γ|/√(σ²+ε) of the batch norm in front; activation: mean |contribution| "
+    "to the target's first-conv output on real images; ablation: loss increase when the "
+    "connection alone is cut; taylor: first-order estimate of ablation. The last three run "
+    "the model (--dataset, --images)."
+)
+metric_option = click.option(
+    "--metric",
+    type=click.Choice(list(METRICS)),
+    default="weight",
+    show_default=True,
+    help=METRIC_HELP,
+)
+# Options of the metrics that run the model; a command gets them as one `probe` dict.
+_PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device")
+
+
+def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the data-driven metrics' options; pass them on as ``probe=dict(...)``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, probe={k: kwargs.pop(k) for k in _PROBE_KEYS}, **kwargs)
+
+    options = [
+        click.option(
+            "--dataset",
+            help="Images for the data-driven metrics (default: the data set recorded in the "
+            "checkpoint): cifar10, …, npz:PATH or imagefolder:PATH.",
+        ),
+        click.option(
+            "--data-dir",
+            default="data",
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Where data sets are cached; results of data-driven metrics are kept in "
+            "DATA_DIR/probe-cache so that reruns and interrupted runs continue.",
+        ),
+        click.option(
+            "--images",
+            type=click.IntRange(1),
+            default=1000,
+            show_default=True,
+            help="How many images (a fixed random subset of the split) the model runs on.",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["train", "test"]),
+            default="train",
+            show_default=True,
+            help="Which split those images come from (train keeps the test set unseen).",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=256,
+            show_default=True,
+            help="Images per forward pass (bounds memory).",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            default="auto",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _settings(probe: dict[str, Any]) -> Any:
+    from reuse_analysis.probes import ProbeSettings
+
+    return ProbeSettings(**probe)
+
+
+def _measured(result: Any) -> str:
+    """``metric ablation on 1000 train images of cifar10`` for notes on stderr."""
+    a = result.table.attrs
+    on = (
+        f" on {a['images']} {a.get('split', '')} images of {a.get('dataset')}"
+        if "images" in a
+        else ""
+    )
+    return f"metric {a.get('metric', 'weight')}{on}"
 
 
 def _default_output(model: Path, suffix: str) -> Path:
@@ -134,7 +242,7 @@ def cli() -> None:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Image to write; the extension picks the format (.png, .pdf, .svg). "
-    "Default: reports/MODEL-heatmap.png.",
+    "Default: reports/MODEL-heatmap.png (MODEL-METRIC-heatmap.png for other metrics).",
 )
 @click.option(
     "--normalize",
@@ -162,6 +270,8 @@ def cli() -> None:
 )
 @arch_option
 @input_size_option
+@metric_option
+@probe_options
 @trust_option
 @handles_bad_input
 def heatmap(
@@ -175,10 +285,13 @@ def heatmap(
     dpi: int,
     arch: str | None,
     input_size: int | None,
+    metric: str,
+    probe: dict[str, Any],
     trust_pickle: bool,
 ) -> None:
     """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
-    output = output or _default_output(model, "-heatmap.png")
+    suffix = "-heatmap.png" if metric == "weight" else f"-{metric}-heatmap.png"
+    output = output or _default_output(model, suffix)
     if output.suffix.lower() not in HEATMAP_FORMATS:
         fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
     import matplotlib
@@ -189,7 +302,7 @@ def heatmap(
     from reuse_analysis._io import atomic_path
     from reuse_analysis.plotting import plot_reuse_heatmap
 
-    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
     fig = plot_reuse_heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
@@ -198,7 +311,8 @@ def heatmap(
         # Fast zlib level for PNG: the large flat areas compress well anyway.
         extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
         fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
-    _note(f"{result.structure.summary()}; concat order {result.table.attrs['concat_order']}")
+    order = result.table.attrs["concat_order"]
+    _note(f"{result.structure.summary()}; concat order {order}; {_measured(result)}")
     _notes(result)
     click.echo(str(output))
 
@@ -221,6 +335,8 @@ def heatmap(
 @concat_option
 @arch_option
 @input_size_option
+@metric_option
+@probe_options
 @trust_option
 @handles_bad_input
 def table(
@@ -230,16 +346,21 @@ def table(
     concat_order: str,
     arch: str | None,
     input_size: int | None,
+    metric: str,
+    probe: dict[str, Any],
     trust_pickle: bool,
 ) -> None:
     """Print the reuse matrix of MODEL, one row per (block, source, target).
 
     Columns: block, source, target, target_kind, mean_abs_weight, normalized. Source 0
     is the block input; target L+1 is the transition (or classifier) after the block.
+    With another --metric the 5th column is named for what it holds (mean_abs_bn_weight,
+    mean_abs_contribution, loss_increase, taylor_loss_increase); ablation adds
+    accuracy_drop after normalized.
     """
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
-    result = _analyze(model, arch, input_size, concat_order, trust_pickle)
+    result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
     text = _table_text(result, fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -249,7 +370,8 @@ def table(
         write_text_atomic(output, text)
         click.echo(str(output))
     order = result.table.attrs["concat_order"]
-    _note(f"{result.structure.summary()}; concat order {order}" + " (assumed)" * (arch is None))
+    assumed = " (assumed)" * (arch is None)
+    _note(f"{result.structure.summary()}; concat order {order}{assumed}; {_measured(result)}")
     _notes(result)
 
 
@@ -257,12 +379,14 @@ def _table_text(result: Any, fmt: str) -> str:
     df = result.table
     if fmt == "csv":
         return df.to_csv(index=False, float_format="%.9g", lineterminator="\n")
+    data = {k: df.attrs[k] for k in ("dataset", "split", "images") if k in df.attrs}
     payload = {
         "model": result.model_name,
         "structure": df.attrs["structure"],
         "concat_order": df.attrs["concat_order"],
         "metric": df.attrs["metric"],
         **({"layout": df.attrs["layout"]} if "layout" in df.attrs else {}),
+        **({"data": data} if data else {}),
         "columns": list(df.columns),
         "rows": json.loads(df.to_json(orient="records", double_precision=15)),
     }
@@ -364,10 +488,32 @@ def _info_text(d: dict[str, Any]) -> str:
     help="PDF to write (default: reports/MODEL-report.pdf, after the first model).",
 )
 @concat_option
+@metric_option
+@click.option(
+    "--agreement",
+    "with_agreement",
+    is_flag=True,
+    help="Add a page on how well each metric agrees with ablation (runs the data-driven "
+    "metrics on --images images, or reuses their cached results).",
+)
+@click.option(
+    "--sweep",
+    "sweep_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Add the pruning sweep of the first MODEL from the CSV that `prune --sweep` wrote.",
+)
+@probe_options
 @trust_option
 @handles_bad_input
 def report(
-    models: tuple[Path, ...], output: Path | None, concat_order: str, trust_pickle: bool
+    models: tuple[Path, ...],
+    output: Path | None,
+    concat_order: str,
+    metric: str,
+    with_agreement: bool,
+    sweep_file: Path | None,
+    probe: dict[str, Any],
+    trust_pickle: bool,
 ) -> None:
     """Write a PDF report on one or more MODELS: heatmap, the paper's four observations
     tested with numbers, transition redundancy, classifier focus and the full table.
@@ -381,15 +527,45 @@ def report(
     from reuse_analysis.analysis import analyze
     from reuse_analysis.report import model_report, write_report
 
-    results = [analyze(m, concat_order=concat_order, trust_pickle=trust_pickle) for m in models]
+    sweep = None
+    if sweep_file is not None:
+        from reuse_analysis.prune import read_sweep
+
+        sweep = read_sweep(str(sweep_file))
+    settings = _settings(probe)
+    results = [
+        analyze(
+            m, concat_order=concat_order, trust_pickle=trust_pickle, metric=metric, probe=settings
+        )
+        for m in models
+    ]
     names = [r.model_name for r in results]
     for i, r in enumerate(results):
         if names.count(r.model_name) > 1:
             r.model_name = f"{r.model_name} ({models[i]})"
             r.table.attrs["model"] = r.model_name
-    write_report([model_report(r) for r in results], output)
-    _note(f"{len(results)} model(s); concat order {concat_order}")
+    reports = []
+    for i, (path, r) in enumerate(zip(models, results, strict=True)):
+        agreement = _agreement(path, settings, trust_pickle) if with_agreement else None
+        reports.append(model_report(r, agreement=agreement, sweep=sweep if i == 0 else None))
+    write_report(reports, output)
+    _note(f"{len(results)} model(s); concat order {concat_order}; {_measured(results[0])}")
     click.echo(str(output))
+
+
+def _agreement(model: Path, settings: Any, trust_pickle: bool, metrics: tuple[str, ...] = ()):
+    """Every metric's table of MODEL and their agreement with ablation."""
+    from reuse_analysis.agreement import agreement_table
+    from reuse_analysis.analysis import metric_tables
+
+    names = [*(metrics or [m for m in METRICS if m != "ablation"]), "ablation"]
+    tables = metric_tables(model, names, probe=settings, trust_pickle=trust_pickle)
+    df = agreement_table(tables)
+    df.attrs.update(
+        {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
+        model=model.stem,
+    )
+    return df
 
 
 @cli.command()
@@ -432,6 +608,269 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
             f"{100 * r.weak_share:.1f} %, 90 % of usage in {r.channels_for_90} channels → "
             f"suggested θ {r.suggested_theta:.2f}{theta}"
         )
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(
+            "give fractions as a comma-separated list, e.g. 0.25,0.5"
+        ) from None
+    if not fractions or any(not 0 <= f < 1 for f in fractions):
+        raise click.BadParameter("fractions must lie in [0, 1)")
+    return fractions
+
+
+@cli.command()
+@model_argument
+@click.option(
+    "--metrics",
+    callback=_names,
+    help="Metrics to compare with ablation, comma-separated (default: all of "
+    "weight, bn-weight, activation, taylor).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Figure to write (.png, .pdf, .svg; default: reports/MODEL-agreement.png).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the agreement table as JSON.")
+@probe_options
+@trust_option
+@handles_bad_input
+def agreement(
+    model: Path,
+    metrics: tuple[str, ...],
+    output: Path | None,
+    as_json: bool,
+    probe: dict[str, Any],
+    trust_pickle: bool,
+) -> None:
+    """How well each metric ranks MODEL's connections the way cutting them does.
+
+    Runs ablation (the exact loss increase when each connection alone is cut) on --images
+    images and prints, per block, Spearman's ρ between each metric and ablation, over all
+    blocks, and within target columns; plots the per-block values. Results are cached, so a
+    rerun (or `report --agreement`) reuses them.
+    """
+    output = output or _default_output(model, "-agreement.png")
+    if output.suffix.lower() not in HEATMAP_FORMATS:
+        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
+    unknown = [m for m in metrics if m not in METRICS or m == "ablation"]
+    if unknown:
+        fail(
+            f"--metrics: unknown or reference metric {', '.join(unknown)}; choose from "
+            + ", ".join(m for m in METRICS if m != "ablation")
+        )
+    from reuse_analysis._io import atomic_path
+    from reuse_analysis.agreement import agreement_text
+    from reuse_analysis.plotting import agreement_figure
+
+    df = _agreement(model, _settings(probe), trust_pickle, metrics)
+    a = df.attrs
+    title = (
+        f"{model.stem}: rank agreement with ablation\n({a['images']} {a['split']} images of "
+        f"{a['dataset']})"
+    )
+    fig = agreement_figure(df, title=title)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=150, format=output.suffix[1:].lower())
+    if as_json:
+        payload = {
+            "model": model.stem,
+            "reference": "ablation",
+            "data": {k: a[k] for k in ("dataset", "split", "images")},
+            "concat_order": "oldest-first",
+            "rows": json.loads(df.to_json(orient="records", double_precision=15)),
+        }
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order oldest-first)")
+        click.echo(agreement_text(df))
+    _note(f"figure: {output}")
+
+
+@cli.command()
+@model_argument
+@click.option(
+    "--metric",
+    type=click.Choice(list(METRICS)),
+    default="weight",
+    show_default=True,
+    help="Rank connections by this metric (see `table --help`); cut the weakest.",
+)
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction F of each target column's sources to cut (required unless --sweep).",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["column", "global"]),
+    default="column",
+    show_default=True,
+    help="column: every target keeps its strongest ⌈(1−F)·n⌉ sources (at least one); "
+    "global: the strongest (1−F) of all connections by raw value, at least one per target.",
+)
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Train the pruned model further, cut weights held at zero (resumable with --resume).",
+)
+@click.option(
+    "--finetune-images",
+    type=click.IntRange(1),
+    help="Fine-tune on a fixed random subset of N training images (default: all).",
+)
+@click.option(
+    "--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted fine-tuning run.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    help="Measure accuracy on a fixed random subset of N test images (default: all).",
+)
+@click.option(
+    "--sweep",
+    "do_sweep",
+    is_flag=True,
+    help="Instead of one pruned model: accuracy (no fine-tuning) for every metric in "
+    "--metrics at every fraction in --fractions, as a figure and a CSV.",
+)
+@click.option(
+    "--metrics",
+    callback=_names,
+    default="weight,bn-weight,activation,taylor,ablation,random",
+    show_default=True,
+    help="Metrics the sweep compares ('random': the chance baseline).",
+)
+@click.option("--fractions", callback=_fractions, default="0.25,0.5,0.75,0.9", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Pruned model to write (OUT.pt); with --sweep the figure (default: "
+    "reports/MODEL-prune-sweep.png), its numbers beside it as .csv.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@probe_options
+@trust_option
+@handles_bad_input
+def prune(
+    model: Path,
+    metric: str,
+    fraction: float | None,
+    scope: str,
+    finetune_epochs: int,
+    finetune_images: int | None,
+    finetune_lr: float,
+    resume: bool,
+    limit: int | None,
+    do_sweep: bool,
+    metrics: tuple[str, ...],
+    fractions: tuple[float, ...],
+    output: Path | None,
+    as_json: bool,
+    probe: dict[str, Any],
+    trust_pickle: bool,
+) -> None:
+    """Cut MODEL's weakest source→target connections and measure what it costs.
+
+    Cutting s → t zeroes the input slice of target t's first conv (or the transition, or
+    the classifier) that reads source s. Accuracy is measured on the test split before and
+    after (and after --finetune-epochs, masks kept); the pruned model is saved with its
+    config and the list of cut connections, and loads in every command.
+    """
+    if do_sweep:
+        _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle)
+        return
+    if fraction is None or output is None:
+        fail("prune needs --fraction F and -o OUT.pt (or --sweep)")
+    if output.suffix.lower() not in (".pt", ".pth"):
+        fail(f"cannot write {output}: a pruned model is a checkpoint, use the .pt extension")
+    from reuse_analysis.prune import prune_checkpoint
+
+    record = prune_checkpoint(
+        str(model),
+        str(output),
+        metric=metric,
+        fraction=fraction,
+        scope=scope,
+        settings=_settings(probe),
+        limit=limit,
+        finetune_epochs=finetune_epochs,
+        finetune_images=finetune_images,
+        finetune_lr=finetune_lr,
+        resume=resume,
+        trust_pickle=trust_pickle,
+    )
+    summary = (
+        f"cut {record['connections_cut']} of {record['connections']} connections "
+        f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
+        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
+        "test accuracy on "
+        f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
+        f"{100 * record['accuracy_pruned']:.2f} %"
+    )
+    if finetune_epochs:
+        summary += f" → {100 * record['accuracy_after']:.2f} % after fine-tuning"
+    _note(summary)
+    if as_json:
+        click.echo(json.dumps({"model": str(output), **record}, indent=2))
+    else:
+        click.echo(str(output))
+
+
+def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle):
+    output = output or _default_output(model, "-prune-sweep.png")
+    if output.suffix.lower() not in HEATMAP_FORMATS:
+        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
+    from reuse_analysis._io import atomic_path, write_text_atomic
+    from reuse_analysis.plotting import sweep_figure
+    from reuse_analysis.prune import UNPRUNED, sweep
+
+    df = sweep(
+        str(model),
+        metrics=list(metrics),
+        fractions=list(fractions),
+        scope=scope,
+        settings=_settings(probe),
+        limit=limit,
+        trust_pickle=trust_pickle,
+    )
+    a = df.attrs
+    base = df[df.metric == UNPRUNED]
+    fig = sweep_figure(
+        df[df.metric != UNPRUNED],
+        baseline=float(base.accuracy.iloc[0]),
+        title=f"{model.stem}: accuracy after cutting the weakest connections, no fine-tuning\n"
+        f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
+        f"{a['probe_split']} images; scope {scope}; concat order oldest-first",
+    )
+    table = output.with_suffix(".csv")
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=150, format=output.suffix[1:].lower())
+    write_text_atomic(
+        table, df.assign(test_images=a["test_images"]).to_csv(index=False, float_format="%.6g")
+    )
+    if as_json:
+        payload = {"model": model.stem, "scope": scope, **{k: a[k] for k in a if k != "model"}}
+        payload["rows"] = json.loads(df.to_json(orient="records", double_precision=15))
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(str(output))
+        click.echo(str(table))
 
 
 @cli.command()

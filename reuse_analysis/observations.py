@@ -18,6 +18,9 @@ so that any model can be checked and a reader can recompute every number:
 
 Transition redundancy (per transition) uses per-channel usage of the transition's output
 channels by the next block: see :func:`transition_redundancy`.
+
+"Weight" above is the table's value column, whatever the metric (:func:`value_column`):
+the same statistics test the observations on BN-scaled weights, activations or ablation.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+
+from reuse_analysis.tables import value_column
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -60,8 +65,10 @@ def _verdict(value: float, hold: float, fail: float, *, inclusive_fail: bool = F
 def spread(df: pd.DataFrame) -> pd.DataFrame:
     """Per target column: number of sources and the share getting ≥ half the column max."""
 
+    value = value_column(df)
+
     def share(group: pd.DataFrame) -> float:
-        w = group["mean_abs_weight"]
+        w = group[value]
         return float((w >= 0.5 * w.max()).mean()) if w.max() > 0 else 1.0
 
     rows = [
@@ -74,9 +81,10 @@ def spread(df: pd.DataFrame) -> pd.DataFrame:
 def least_weight_source(df: pd.DataFrame) -> pd.DataFrame:
     """Per layer column: the source with the least weight and row 0's weight ratio."""
     rows = []
+    value = value_column(df)
     layers = df[df["target_kind"] == "layer"]
     for (block, target), group in layers.groupby(["block", "target"], sort=True):
-        w = group.set_index("source")["mean_abs_weight"]
+        w = group.set_index("source")[value]
         others = w.drop(index=0)
         ratio = float(w[0] / others.median()) if len(others) and others.median() > 0 else math.nan
         rows.append((block, target, len(w), int(w.idxmin()), ratio))
@@ -94,7 +102,7 @@ def classifier_focus(df: pd.DataFrame) -> dict[str, float] | None:
     col = df[df["target_kind"] == "classifier"]
     if col.empty:
         return None
-    w = col.set_index("source")["mean_abs_weight"].sort_index()
+    w = col.set_index("source")[value_column(df)].sort_index()
     n_layers = len(w) - 1
     last = max(1, math.ceil(n_layers / 4))
     tail, rest = w.iloc[-last:], w.iloc[:-last]
@@ -211,6 +219,7 @@ def transition_redundancy(
     the block a transition follows to its θ.
     """
     out = []
+    value = value_column(df)
     layer_rows = df[(df.target_kind == "layer") & (df.target >= 2)]
     for b, theta in sorted(compressions.items()):
         nxt = b + 1
@@ -218,8 +227,8 @@ def transition_redundancy(
         if len(u) == 0:
             continue
         rows = layer_rows[layer_rows.block == nxt]
-        row0 = rows[rows.source == 0]["mean_abs_weight"].mean()
-        other = rows[rows.source > 0]["mean_abs_weight"].mean()
+        row0 = rows[rows.source == 0][value].mean()
+        other = rows[rows.source > 0][value].mean()
         median = float(np.median(u))
         ordered = np.sort(u)[::-1]
         cum = np.cumsum(ordered) / ordered.sum()

@@ -1,7 +1,9 @@
 """Reuse table → matplotlib figures (the paper's Figure 5 and the report's small plots).
 
 Never imports torch: everything here reads the tidy DataFrame that
-:func:`reuse_analysis.metrics.reuse_table` returns (one row per block, source, target).
+:func:`reuse_analysis.metrics.reuse_table` (or a data-driven metric) returns, one row per
+block, source and target, through its value column (:func:`reuse_analysis.tables.value_column`),
+so every metric draws the same way.
 Functions that draw one thing take ``ax`` and return it (seaborn style); the figure
 builders return a :class:`matplotlib.figure.Figure` without touching pyplot's state.
 """
@@ -18,12 +20,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from reuse_analysis.tables import KEYS, table_metric, value_column
+
 NORMALIZE_MODES = ("column", "none", "global")
-_REQUIRED = ["block", "source", "target", "target_kind", "mean_abs_weight", "normalized"]
-_COLORBAR_LABELS = {
-    "column": "average |w| (each target column min–max scaled)",
-    "global": "average |w| (min–max over all blocks)",
-    "none": "average |w|",
+_REQUIRED = [*KEYS, "normalized"]
+_SCALING = {
+    "column": " (each target column min–max scaled)",
+    "global": " (min–max over all blocks)",
+    "none": "",
 }
 _EXTRA_LABELS = {"transition": "T", "classifier": "C"}
 _ANNOTATE_MAX_LAYERS = 8
@@ -33,15 +37,21 @@ def _check(df: pd.DataFrame) -> None:
     missing = [c for c in _REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"reuse table lacks the columns {', '.join(missing)}")
+    value_column(df)
     if df.empty:
         raise ValueError("reuse table is empty: nothing to plot")
+
+
+def bar_label(df: pd.DataFrame, normalize: str) -> str:
+    """Colour-bar label: what the table's metric measures and how it is scaled."""
+    return table_metric(df).label + _SCALING[normalize]
 
 
 def display_values(df: pd.DataFrame, normalize: str = "column") -> pd.Series:
     """The values the heatmap shows: column min–max, raw, or one min–max over all blocks."""
     if normalize == "column":
         return df["normalized"]
-    raw = df["mean_abs_weight"]
+    raw = df[value_column(df)]
     if normalize == "none":
         return raw
     if normalize == "global":
@@ -302,16 +312,17 @@ def plot_reuse_heatmap(
     """
     _check(df)
     values = display_values(df, normalize)
+    vmin = 0.0 if normalize != "none" else min(0.0, float(values.min()))
     vmax = 1.0 if normalize != "none" else float(values.max())
     fig = _draw_blocks(
         fig,
         df,
         values,
-        vmin=0.0,
-        vmax=vmax,
+        vmin=vmin,
+        vmax=vmax if vmax > vmin else vmin + 1.0,
         cmap=cmap,
         annotate=annotate,
-        bar_label=_COLORBAR_LABELS[normalize],
+        bar_label=bar_label(df, normalize),
         page=page,
     )
     fig.suptitle(
@@ -335,6 +346,9 @@ def plot_difference(
     """Column-normalised B − A per block (same structure), on a symmetric colour scale."""
     _check(a)
     _check(b)
+    value = value_column(a)
+    if value_column(b) != value:
+        raise ValueError("the two tables hold different metrics: no cell-by-cell difference")
     key = ["block", "source", "target"]
     merged = a.merge(b, on=key, suffixes=("_a", "_b"))
     if len(merged) != len(a) or len(merged) != len(b):
@@ -342,8 +356,9 @@ def plot_difference(
     diff = merged.assign(
         normalized=merged["normalized_b"] - merged["normalized_a"],
         target_kind=merged["target_kind_a"],
-        mean_abs_weight=merged["mean_abs_weight_b"] - merged["mean_abs_weight_a"],
-    )[_REQUIRED]
+        **{value: merged[f"{value}_b"] - merged[f"{value}_a"]},
+    )[[*KEYS, value, "normalized"]]
+    diff.attrs["metric"] = a.attrs.get("metric", "weight")
     limit = float(np.nanmax(np.abs(diff["normalized"]))) or 1.0
     fig = _draw_blocks(
         None,
@@ -353,7 +368,7 @@ def plot_difference(
         vmax=limit,
         cmap=cmap,
         annotate=False,
-        bar_label="difference of column-scaled |w|",
+        bar_label=f"difference of column-scaled {table_metric(a).label}",
         page=page,
     )
     fig.suptitle(
@@ -391,15 +406,15 @@ def plot_row0_ratio(least: pd.DataFrame, ax: Axes) -> Axes:
 
 
 def plot_classifier(df: pd.DataFrame, ax: Axes, *, highlight_last: int = 0) -> Axes:
-    """The classifier's raw weight per source of the last block (last ones highlighted)."""
+    """The classifier's raw value per source of the last block (last ones highlighted)."""
     col = df[df["target_kind"] == "classifier"].sort_values("source")
     colours = ["tab:blue"] * len(col)
     for i in range(max(0, len(col) - highlight_last), len(col)):
         colours[i] = "tab:orange"
-    ax.bar(col["source"], col["mean_abs_weight"], color=colours)
+    ax.bar(col["source"], col[value_column(df)], color=colours)
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("source layer of the last block (0 = block input)")
-    ax.set_ylabel("classifier average |w|")
+    ax.set_ylabel(f"classifier: {table_metric(df).label}")
     return ax
 
 
@@ -461,3 +476,109 @@ def plot_compare(df: pd.DataFrame, *, title: str | None = None) -> Figure:
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.08, right=0.97, bottom=0.13, top=0.83, wspace=0.08)
     return fig
+
+
+# ----------------------------------------------------------------------------- data-driven
+_METRIC_COLOURS = {
+    "weight": "tab:blue",
+    "bn-weight": "tab:orange",
+    "activation": "tab:green",
+    "taylor": "tab:purple",
+    "ablation": "tab:red",
+    "random": "tab:gray",
+}
+
+
+def plot_agreement(agreement: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Spearman correlation of each metric with ablation, per block (grouped bars).
+
+    ``agreement`` has the columns ``block`` (an int, or ``"all"``), ``metric`` and
+    ``spearman`` (see :func:`reuse_analysis.agreement.agreement_table`).
+    """
+    if ax is None:
+        ax = Figure(figsize=(7, 4)).add_subplot()
+    blocks = list(dict.fromkeys(agreement["block"].astype(str)))
+    metrics = list(dict.fromkeys(agreement["metric"]))
+    width = 0.8 / max(len(metrics), 1)
+    for i, metric in enumerate(metrics):
+        rows = agreement[agreement["metric"] == metric]
+        rows = rows.set_index(rows["block"].astype(str))
+        values = [float(rows["spearman"].get(b, np.nan)) for b in blocks]
+        xs = np.arange(len(blocks)) + (i - (len(metrics) - 1) / 2) * width
+        ax.bar(xs, values, width, label=metric, color=_METRIC_COLOURS.get(metric))
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(blocks)))
+    ax.set_xticklabels([f"block {b}" if b != "all" else "all blocks" for b in blocks])
+    ax.set_ylim(-1, 1)
+    ax.set_ylabel("Spearman ρ with ablation")
+    ax.legend(fontsize=8, ncol=min(len(metrics), 4), loc="lower right")
+    return ax
+
+
+def agreement_figure(agreement: pd.DataFrame, *, title: str = "") -> Figure:
+    """A figure of :func:`plot_agreement` with a title."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    plot_agreement(agreement, fig.add_subplot())
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_sweep(
+    sweep: pd.DataFrame, ax: Axes | None = None, *, baseline: float | None = None
+) -> Axes:
+    """Accuracy against the fraction of connections cut, one line per metric.
+
+    ``sweep`` has the columns ``metric``, ``fraction`` and ``accuracy`` (0..1); ``baseline``
+    is the unpruned accuracy, drawn as a horizontal reference line.
+    """
+    if ax is None:
+        ax = Figure(figsize=(7, 4.5)).add_subplot()
+    for metric, rows in sweep.groupby("metric", sort=False):
+        rows = rows.sort_values("fraction")
+        ax.plot(
+            rows["fraction"],
+            100 * rows["accuracy"],
+            marker="o",
+            ms=4,
+            label=metric,
+            color=_METRIC_COLOURS.get(str(metric)),
+        )
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="black", ls="--", lw=1, label="unpruned")
+    ax.set_xlabel("fraction F of source→target connections cut (weakest first)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def sweep_figure(sweep: pd.DataFrame, *, baseline: float | None = None, title: str = "") -> Figure:
+    """A figure of :func:`plot_sweep` with a title."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    plot_sweep(sweep, fig.add_subplot(), baseline=baseline)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+__all__ = [
+    "NORMALIZE_MODES",
+    "agreement_figure",
+    "bar_label",
+    "block_grid",
+    "default_title",
+    "display_values",
+    "plot_agreement",
+    "plot_block",
+    "plot_channel_usage",
+    "plot_classifier",
+    "plot_compare",
+    "plot_difference",
+    "plot_reuse_heatmap",
+    "plot_row0_ratio",
+    "plot_spread",
+    "plot_sweep",
+    "sweep_figure",
+]

@@ -2,7 +2,8 @@
 
 One page per idea: a cover, the Figure 5 heatmap, one page per observation of the paper
 (statistic, threshold, verdict, a small plot), transition redundancy, classifier focus,
-and the full table as an appendix. With several models: one heatmap per model, difference
+optionally the agreement of every metric with ablation and a pruning sweep, and the full
+table as an appendix. With several models: one heatmap per model, difference
 heatmaps against the first, and the statistics side by side. Honours
 ``SOURCE_DATE_EPOCH`` so that the same inputs give a byte-identical PDF.
 """
@@ -37,14 +38,17 @@ from reuse_analysis.observations import (
     transition_redundancy,
 )
 from reuse_analysis.plotting import (
+    plot_agreement,
     plot_channel_usage,
     plot_classifier,
     plot_difference,
     plot_reuse_heatmap,
     plot_row0_ratio,
     plot_spread,
+    plot_sweep,
 )
 from reuse_analysis.structure import Transition, default_input_size, estimate_macs
+from reuse_analysis.tables import table_metric, value_column
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 _VERDICT_COLOURS = {HOLDS: "tab:green", FAILS: "tab:red"}
@@ -63,6 +67,8 @@ class ModelReport:
     macs: int
     input_size: int
     meta: dict[str, Any]  # what the checkpoint recorded (data set, accuracy, epoch…)
+    agreement: pd.DataFrame | None = None  # agreement.agreement_table, if asked for
+    sweep: pd.DataFrame | None = None  # prune.sweep's table, if given
 
     def observations(self) -> list[Observation]:
         return observations(self.table)
@@ -71,8 +77,13 @@ class ModelReport:
         return transition_redundancy(self.table, self.usage, self.compressions)
 
 
-def model_report(result: Analysis) -> ModelReport:
-    """Collect what the report needs from an analysis."""
+def model_report(
+    result: Analysis,
+    *,
+    agreement: pd.DataFrame | None = None,
+    sweep: pd.DataFrame | None = None,
+) -> ModelReport:
+    """Collect what the report needs from an analysis (and optional agreement / sweep)."""
     structure = result.structure
     return ModelReport(
         name=result.model_name,
@@ -87,6 +98,8 @@ def model_report(result: Analysis) -> ModelReport:
         macs=estimate_macs(structure),
         input_size=default_input_size(structure),
         meta=result.checkpoint.meta if result.checkpoint else {},
+        agreement=agreement,
+        sweep=sweep,
     )
 
 
@@ -160,7 +173,7 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
             f"    data set: {_dataset(m.meta)}",
             f"    accuracy: {_accuracy(m.meta)}",
             f"    concat order assumed: {m.table.attrs.get('concat_order')}",
-            f"    metric: {m.table.attrs.get('metric')} (mean |w| per source slice)",
+            f"    metric: {_metric_line(m.table)}",
             "",
         ]
     lines += [
@@ -169,6 +182,16 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
     ]
     _lines(fig, lines)
     return fig
+
+
+def _metric_line(df: pd.DataFrame) -> str:
+    """``ablation — exact increase … (on 1000 train images of cifar10)``."""
+    info = table_metric(df)
+    on = ""
+    if "images" in df.attrs:
+        where = f" of {df.attrs['dataset']}" if df.attrs.get("dataset") else ""
+        on = f" (on {df.attrs['images']} {df.attrs.get('split', '')} images{where})"
+    return f"{info.name}: {info.description}{on}"
 
 
 def observation_page(m: ModelReport, o: Observation) -> Figure:
@@ -264,14 +287,77 @@ def classifier_page(m: ModelReport) -> Figure:
     return fig
 
 
+def agreement_page(m: ModelReport) -> Figure:
+    """Spearman's ρ of every metric with ablation, per block: which cheap metric to trust."""
+    from reuse_analysis.agreement import agreement_text
+
+    df = m.agreement
+    assert df is not None
+    fig = _text_page("Which metric finds the connections that matter?")
+    attrs = df.attrs
+    on = f" on {attrs['images']} {attrs.get('split', '')} images of {attrs.get('dataset')}"
+    y = _lines(
+        fig,
+        [
+            "Ground truth: ablation, the exact increase of the loss when a connection alone is "
+            f"cut{on if 'images' in attrs else ''}. Each metric's agreement with it is "
+            "Spearman's rank correlation ρ over the connections of a block (layer columns "
+            "and the transition or classifier column), over all blocks, and the mean ρ within "
+            "target columns with at least three sources (the ranking per-column pruning uses).",
+        ],
+        size=10,
+    )
+    text = agreement_text(df)
+    fig.text(0.06, y - 0.01, text, family="DejaVu Sans Mono", fontsize=9, va="top")
+    rows = text.count("\n") + 1
+    top = y - 0.04 - rows * 9 / 72 / PAGE[1] * 1.3
+    plot_agreement(df, fig.add_axes((0.1, 0.08, 0.8, max(0.2, top - 0.12))))
+    return fig
+
+
+def sweep_page(m: ModelReport) -> Figure:
+    """Accuracy after cutting the weakest F of the connections by each metric."""
+    from reuse_analysis.prune import UNPRUNED
+
+    df = m.sweep
+    assert df is not None
+    fig = _text_page("Pruning sweep: accuracy against the fraction cut")
+    base = df[df.metric == UNPRUNED]
+    rest = df[df.metric != UNPRUNED]
+    baseline = float(base.accuracy.iloc[0]) if len(base) else None
+    a = df.attrs
+    lines = [
+        "Each target column keeps its strongest ⌈(1−F)·n⌉ sources by the metric and the "
+        "others are cut (their weight slices zeroed); accuracy without fine-tuning"
+        + (f" on {a['test_images']} test images" if a.get("test_images") else "")
+        + (f"; unpruned: {100 * baseline:.2f} %" if baseline is not None else "")
+        + (
+            ". 'random' ranks connections at random (the chance baseline)."
+            if "random" in set(rest.metric)
+            else "."
+        ),
+    ]
+    best = rest.loc[rest.groupby("fraction")["accuracy"].idxmax()]
+    lines += [
+        f"F = {r.fraction:g} ({100 * r.share_cut:.0f} % of connections cut): best {r.metric} "
+        f"{100 * r.accuracy:.2f} %"
+        for r in best.itertuples()
+    ]
+    y = _lines(fig, lines, size=10)
+    plot_sweep(rest, fig.add_axes((0.1, 0.08, 0.8, max(0.2, y - 0.14))), baseline=baseline)
+    return fig
+
+
 def table_pages(m: ModelReport) -> list[Figure]:
     """The full reuse table, two columns of rows per page, monospaced."""
     df = m.table
-    header = f"{'blk':>3} {'s':>3} {'t':>3} {'kind':<10} {'mean |w|':>10} {'norm':>6}"
+    value = value_column(df)
+    heading = {"mean_abs_weight": "mean |w|"}.get(value, value[:10])
+    header = f"{'blk':>3} {'s':>3} {'t':>3} {'kind':<10} {heading:>10} {'norm':>6}"
     rows = [
         f"{r.block:>3} {r.source:>3} {r.target:>3} {r.target_kind:<10} "
-        f"{r.mean_abs_weight:>10.6f} {r.normalized:>6.3f}"
-        for r in df.itertuples()
+        f"{_number(v):>10} {r.normalized:>6.3f}"
+        for r, v in zip(df.itertuples(), df[value], strict=True)
     ]
     per_page = 2 * _TABLE_ROWS_PER_COLUMN
     pages = []
@@ -293,6 +379,11 @@ def table_pages(m: ModelReport) -> list[Figure]:
                 )
         pages.append(fig)
     return pages
+
+
+def _number(v: float) -> str:
+    """Ten characters: fixed point for the weights' range, scientific for tiny or signed."""
+    return f"{v:10.6f}" if 1e-3 <= abs(v) < 1e3 or v == 0 else f"{v:10.3e}"
 
 
 def comparison_page(models: Sequence[ModelReport]) -> Figure:
@@ -323,6 +414,10 @@ def pages(models: Sequence[ModelReport], when: dt.datetime) -> list[Figure]:
         out.append(plot_reuse_heatmap(m.table, normalize="column", page=PAGE))
         out += [observation_page(m, o) for o in m.observations()]
         out += [redundancy_page(m), classifier_page(m)]
+        if m.agreement is not None:
+            out.append(agreement_page(m))
+        if m.sweep is not None:
+            out.append(sweep_page(m))
     if len(models) > 1:
         first = models[0]
         for other in models[1:]:

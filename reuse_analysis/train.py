@@ -348,9 +348,16 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, steps_epochs: int):
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
 
-def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+    init: Callable[[nn.Module], None] | None = None,
+) -> dict:
     """Run (or resume) training; returns the final summary. ``on_step(epoch, step)`` is a
-    hook called after every optimizer step (tests use it to interrupt a run)."""
+    hook called after every optimizer step (tests use it to interrupt a run). ``init(model)``
+    is called once on the freshly built model, before a resumed state is loaded into it:
+    fine-tuning uses it to load starting weights and register gradient hooks."""
     from tqdm import tqdm
 
     device = pick_device(cfg.device)
@@ -362,6 +369,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int], None] | None = None
 
     torch.manual_seed(cfg.seed)
     model, model_config = build_model(cfg, ds)
+    if init is not None:
+        init(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -122,3 +122,68 @@ def test_every_target_column_lists_every_earlier_source():
     df = reuse_table(sd, infer_structure(sd))
     for (_, target), group in df.groupby(["block", "target"]):
         assert sorted(group["source"]) == list(range(target))
+
+
+def _with_norms(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The hand-made weights plus batch norms whose |γ|/√(σ²+ε) is known exactly."""
+    from reuse_analysis.metrics import BN_EPS
+
+    def norm(gammas: list[float], sigmas: list[float]) -> dict[str, torch.Tensor]:
+        s = torch.tensor(sigmas, dtype=torch.float64)
+        return {
+            "weight": torch.tensor(gammas, dtype=torch.float64),
+            "bias": torch.zeros(len(gammas), dtype=torch.float64),
+            "running_mean": torch.zeros(len(gammas), dtype=torch.float64),
+            "running_var": s * s - BN_EPS,  # so that √(σ² + ε) is exactly s
+        }
+
+    norms = {
+        "features.denseblock1.denselayer1.norm1": norm([2.0, -1.0], [1.0, 2.0]),
+        "features.denseblock1.denselayer2.norm1": norm([1.0, 1.0, -3.0], [2.0, 1.0, 4.0]),
+        "features.transition1.norm": norm([1.0, 2.0, 1.0, 0.5], [1.0, 1.0, 2.0, 1.0]),
+        "features.denseblock2.denselayer1.norm1": norm([1.0, 1.0], [0.5, 1.0]),
+        "features.denseblock2.denselayer2.norm1": norm([1.0, 1.0, 1.0, 1.0], [1.0] * 4),
+        "features.norm5": norm([1.0] * 4 + [2.0, 0.5], [1.0] * 6),
+    }
+    sd = {k: v for k, v in sd.items() if not k.startswith("features.norm5")}
+    for module, tensors in norms.items():
+        sd.update({f"{module}.{name}": t for name, t in tensors.items()})
+    return sd
+
+
+def test_bn_weight_scales_each_input_channel_by_gamma_over_sigma():
+    sd = _with_norms(_hand_state_dict())
+    df = reuse_table(sd, infer_structure(sd), metric="bn-weight")
+    assert list(df.columns) == [*COLUMNS[:4], "mean_abs_bn_weight", "normalized"]
+    assert df.attrs["metric"] == "bn-weight"
+    got = df.set_index(["block", "source", "target"])["mean_abs_bn_weight"]
+    # block 1 layer 1: channels |w| = (0.2, 0.4), scales (2/1, 1/2) → mean(0.4, 0.2)
+    assert got[(1, 0, 1)] == pytest.approx(0.3)
+    # layer 2: |w| (0.1, 0.3 | 0.8), scales (1/2, 1/1 | 3/4) → (0.05, 0.3) and 0.6
+    assert got[(1, 0, 2)] == pytest.approx(0.175)
+    assert got[(1, 1, 2)] == pytest.approx(0.6)
+    # transition: |w| (0.5, 0.5 | 0.25 | 1.0), scales (1, 2 | 0.5 | 0.5)
+    assert got[(1, 0, 3)] == pytest.approx(0.75)
+    assert got[(1, 1, 3)] == pytest.approx(0.125)
+    assert got[(1, 2, 3)] == pytest.approx(0.5)
+    # block 2 layer 1: |w| (0.6, 0.2), scales (2, 1) → mean(1.2, 0.2)
+    assert got[(2, 0, 1)] == pytest.approx(0.7)
+    # classifier: |w| per channel (1, 1, .5, .5, 1, 1), norm5 scales (1, 1, 1, 1, 2, .5)
+    assert got[(2, 2, 3)] == pytest.approx(1.25)
+    # where every scale is 1, bn-weight equals weight
+    weight = reuse_table(sd, infer_structure(sd)).set_index(["block", "source", "target"])
+    assert got[(2, 1, 2)] == pytest.approx(weight["mean_abs_weight"][(2, 1, 2)])
+
+
+def test_bn_weight_without_batch_norm_is_an_input_error():
+    from reuse_analysis.errors import StructureError
+
+    sd = _hand_state_dict()  # no norms in front of the layers
+    with pytest.raises(StructureError, match="bn-weight needs the batch norm"):
+        reuse_table(sd, infer_structure(sd), metric="bn-weight")
+
+
+def test_data_driven_metrics_are_not_weight_only():
+    sd = _hand_state_dict()
+    with pytest.raises(ValueError, match="runs the model on images"):
+        reuse_table(sd, infer_structure(sd), metric="ablation")

@@ -1,0 +1,701 @@
+"""Data-driven reuse: run the model on real images and measure what each connection does.
+
+A *connection* s → t is the slice ``W_t[:, S_s]`` of target t's first convolution (the
+transition conv, the classifier) that reads source s's channels. Three metrics, all on a
+fixed set of images, in eval mode (running batch-norm statistics):
+
+``activation``
+    mean |P_s| over images, output channels and pixels, where ``P_s = W_t[:, S_s] ∗ a[S_s]``
+    is the part of target t's first-conv output (the logits, for the classifier) that comes
+    from source s, and ``a = relu(bn(x))`` is what the conv reads.
+``ablation``
+    the exact increase of the mean loss (``loss_increase``) and drop of top-1 accuracy
+    (``accuracy_drop``) when the connection alone is cut (``W_t[:, S_s] = 0``).
+``taylor``
+    the first-order estimate of that increase, ``−Σ_{w ∈ slice} (∂L/∂w)·w`` with ``L`` the
+    mean loss, from one forward and backward pass.
+
+Efficient ablation. Cutting s → t changes nothing before target t, and the target's
+first-conv output is linear in the slice: ``conv(a, W with S_s zeroed) = conv(a, W) − P_s``.
+So for every image chunk the network runs once, keeping each block's features; then for
+each target t the variants "s cut" (one per source) are formed from the kept features by
+subtracting the partial convolutions, stacked along the batch, and only the rest of the
+network — layers after t, the transition, later blocks, the classifier — is recomputed, in
+inference mode, a bounded number of images per pass. The classifier column costs one
+matrix product per source. Results are kept per image chunk and target column in a JSON
+file keyed by the weights' hash and the settings, so an interrupted run continues where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reuse_analysis._io import write_text_atomic
+from reuse_analysis.errors import ReuseAnalysisError
+from reuse_analysis.structure import Classifier, DenseNetStructure, Transition, infer_structure
+from reuse_analysis.tables import DATA_METRICS, build_table
+
+#: ``(logits, labels) → per-image loss``; the default is cross-entropy.
+LossFn = Callable[[Tensor, Tensor], Tensor]
+SPLITS = ("train", "test")
+_CACHE_VERSION = 1
+_SAVE_EVERY_S = 30.0
+
+
+class ProbeError(ReuseAnalysisError):
+    """A model, data set or setting the data-driven metrics cannot work with."""
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-image cross-entropy (the training loss), computed in at least float32."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Which images the data-driven metrics see, and how they run."""
+
+    dataset: str | None = None  # None: the data set recorded in the checkpoint
+    data_dir: str = "data"  # where data sets are downloaded and cached
+    split: str = "train"  # train: pruning decisions never see the test images
+    images: int = 1000  # a fixed random subset of this many images of the split
+    batch_size: int = 256  # images × variants per forward pass (bounds memory)
+    chunk_size: int = 100  # images per chunk: the unit of progress saved for resuming
+    device: str = "auto"  # auto | cpu | cuda | mps
+    cache_dir: str | None = None  # None: DATA_DIR/probe-cache; "" turns the cache off
+
+    def cache_path(self) -> Path | None:
+        if self.cache_dir == "":
+            return None
+        return Path(self.cache_dir) if self.cache_dir else Path(self.data_dir) / "probe-cache"
+
+
+# ----------------------------------------------------------------------------- the model
+def runnable_model(
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+) -> nn.Module:
+    """The toolkit's DenseNet holding these weights, in eval mode.
+
+    A checkpoint written by ``train`` rebuilds from its recorded config; any other
+    state_dict must load strictly into the DenseNet that its inferred structure describes
+    (torchvision's key layout). Raises ProbeError otherwise.
+    """
+    from reuse_analysis.models import DenseNet
+
+    where = str(checkpoint.path) if checkpoint is not None else "the weights"
+    if checkpoint is not None and checkpoint.config is not None:
+        from reuse_analysis.evaluation import rebuild_model
+
+        model = rebuild_model(checkpoint)
+        if not isinstance(model, DenseNet):
+            raise ProbeError(f"{where}: data-driven metrics run DenseNets only")
+        return model.eval()
+    config = config_from_structure(structure, where)
+    model = DenseNet(config)
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise ProbeError(
+            f"{where}: data-driven metrics need a model the toolkit can run — a checkpoint "
+            "written by `reuse-analysis train`, or a DenseNet state_dict with torchvision's "
+            f"key names — and these weights do not load into one ({first}); weight-only "
+            "metrics (--metric weight / bn-weight) still work"
+        ) from None
+    return model.eval()
+
+
+def config_from_structure(structure: DenseNetStructure, where: str = "the weights") -> Any:
+    """The :class:`DenseNetConfig` that an inferred structure describes."""
+    from reuse_analysis.models import DenseNetConfig
+
+    blocks = structure.blocks
+    ks = {b.growth_rate for b in blocks}
+    widths = {layer.bottleneck_width for b in blocks for layer in b.layers}
+    k = ks.pop() if len(ks) == 1 else None
+    width = widths.pop() if len(widths) == 1 else -1
+    stem = "imagenet" if structure.stem and structure.stem[0].kernel[0] >= 7 else "cifar"
+    problem = None
+    if k is None or width == -1 or (width is not None and width % k):
+        problem = "its blocks differ in growth rate or bottleneck width"
+    elif structure.classifier is None or structure.input_channels is None:
+        problem = "no classifier or stem was found"
+    if problem is None:
+        try:
+            return DenseNetConfig(
+                growth_rate=k,
+                block_config=tuple(b.num_layers for b in blocks),
+                num_init_features=blocks[0].in_channels,
+                bn_size=width // k if width else 0,
+                compression=structure.compression or 1.0,
+                num_classes=structure.num_classes,
+                in_channels=structure.input_channels,
+                stem=stem,
+            )
+        except ValueError as exc:
+            problem = str(exc)
+    raise ProbeError(
+        f"{where}: data-driven metrics need a model the toolkit can run, and {problem}; "
+        "weight-only metrics (--metric weight / bn-weight) still work"
+    )
+
+
+def state_hash(state_dict: Mapping[str, Tensor]) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes): identifies the weights."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the images
+def load_data(meta: Mapping[str, Any], dataset: str | None, data_dir: str) -> Any:
+    """The data set named (default: the one the checkpoint records), standardised with the
+    statistics the model was trained with when the checkpoint records them."""
+    from reuse_analysis.data import load_dataset
+
+    recorded = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    name = dataset or recorded.get("name")
+    if name is None:
+        raise ProbeError(
+            "the checkpoint records no data set; pass --dataset NAME (the images the "
+            "data-driven metrics run on)"
+        )
+    ds = load_dataset(name, data_dir)
+    if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
+        ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
+    return ds
+
+
+def probe_images(ds: Any, split: str, images: int, model: nn.Module) -> tuple[Tensor, Tensor]:
+    """A fixed random subset of ``images`` images of a split, standardised, no augmentation."""
+    from reuse_analysis.train import eval_subset
+
+    if split not in SPLITS:
+        raise ProbeError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    data = ds.train if split == "train" else ds.test
+    if data is None or len(data) == 0:
+        raise ProbeError(f"{ds.name} has no {split} split to run the model on")
+    config = model.config
+    if ds.in_channels != config.in_channels:
+        raise ProbeError(
+            f"{ds.name} has {ds.in_channels}-channel images but the model reads "
+            f"{config.in_channels} channels; pass the --dataset the model was trained on"
+        )
+    if int(data.labels.max()) >= config.num_classes:
+        raise ProbeError(
+            f"{ds.name} has labels up to {int(data.labels.max())} but the model has "
+            f"{config.num_classes} classes; pass the --dataset the model was trained on"
+        )
+    subset = eval_subset(data, images)
+    x = subset.batch(torch.arange(len(subset)), ds.mean, ds.std)
+    return x, subset.labels.clone()
+
+
+# ----------------------------------------------------------------------------- connections
+@dataclass(frozen=True)
+class _Column:
+    """One target column: the sources it reads and where their channels are."""
+
+    block: int  # 1-based
+    target: int  # 1-based; L+1 is the transition or classifier
+    kind: str  # layer | transition | classifier
+    slices: tuple[tuple[int, int, int], ...]  # (source, start, stop)
+
+    @property
+    def key(self) -> str:
+        return f"{self.block}/{self.target}"
+
+
+def _columns(structure: DenseNetStructure) -> list[_Column]:
+    out = []
+    for block in structure.blocks:
+        targets = [(layer.index, "layer") for layer in block.layers]
+        if isinstance(block.extra, Transition):
+            targets.append((block.num_layers + 1, "transition"))
+        elif isinstance(block.extra, Classifier):
+            targets.append((block.num_layers + 1, "classifier"))
+        for target, kind in targets:
+            slices = tuple(block.source_slices(target, "oldest-first"))
+            out.append(_Column(block.index, target, kind, slices))
+    return out
+
+
+def _partial(conv: nn.Conv2d, a: Tensor, start: int, stop: int) -> Tensor:
+    """The part of ``conv(a)`` that input channels ``start:stop`` contribute (no bias)."""
+    return F.conv2d(
+        a[:, start:stop], conv.weight[:, start:stop], None, conv.stride, conv.padding,
+        conv.dilation, conv.groups,
+    )  # fmt: skip
+
+
+class _Net:
+    """A :class:`DenseNet` run piece by piece: stem → blocks and transitions → head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        features = model.features
+        names = list(features._modules)
+        count = len(model.config.block_config)
+        self.stem = [features._modules[n] for n in names[: names.index("denseblock1")]]
+        self.blocks = [features._modules[f"denseblock{b}"] for b in range(1, count + 1)]
+        self.transitions = [features._modules.get(f"transition{b}") for b in range(1, count + 1)]
+        self.norm5 = features.norm5
+        self.classifier = model.classifier
+        for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
+            if conv.groups != 1:
+                raise ProbeError("grouped first convolutions are not supported")
+
+    def layers(self, b: int) -> list[nn.Module]:
+        return list(self.blocks[b].values())
+
+    def run_layers(self, b: int, x: Tensor, start: int) -> Tensor:
+        """Layers ``start`` (0-based) … L of block ``b`` on the features ``x`` so far."""
+        from reuse_analysis.models import _efficient
+
+        layers = self.layers(b)[start:]
+        if not layers:
+            return x
+        if _efficient.supports(layers, x) and not torch.is_grad_enabled():
+            return _efficient.dense_block(x, layers, False)
+        features = [x]
+        for layer in layers:
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+    def block_outputs(self, x: Tensor) -> list[Tensor]:
+        """Every block's output ``[x_0, …, x_L]`` for the images ``x``."""
+        for m in self.stem:
+            x = m(x)
+        outs = []
+        for b in range(len(self.blocks)):
+            out = self.blocks[b](x)
+            outs.append(out)
+            if self.transitions[b] is not None:
+                x = self.transitions[b](out)
+        return outs
+
+    def from_block(self, b: int, x0: Tensor) -> Tensor:
+        """Logits from block ``b``'s input on."""
+        return self.after_block(b, self.blocks[b](x0))
+
+    def after_block(self, b: int, out: Tensor) -> Tensor:
+        """Logits from block ``b``'s output on (its transition, later blocks, the head)."""
+        if self.transitions[b] is None:
+            return self.classifier(self.pooled(out))
+        return self.from_block(b + 1, self.transitions[b](out))
+
+    def pooled(self, out: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(F.relu(self.norm5(out)), 1).flatten(1)
+
+
+def _groups(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# ----------------------------------------------------------------------------- per chunk
+def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[str, list]:
+    """Σ over the chunk's images of mean |P_s| (over output channels and pixels)."""
+    outs = net.block_outputs(x)
+    result = {}
+    for col in columns:
+        b, out = col.block - 1, outs[col.block - 1]
+        if col.kind == "classifier":
+            pooled, w = net.pooled(out), net.classifier.weight
+            parts = [pooled[:, s:e] @ w[:, s:e].t() for _, s, e in col.slices]
+        else:
+            if col.kind == "layer":
+                layer = net.layers(b)[col.target - 1]
+                norm, relu, conv = layer.norm1, layer.relu1, layer.conv1
+            else:
+                t = net.transitions[b]
+                norm, relu, conv = t.norm, t.relu, t.conv
+            a = relu(norm(out[:, : conv.in_channels]))
+            parts = [_partial(conv, a, s, e) for _, s, e in col.slices]
+        result[col.key] = [float(p.abs().flatten(1).mean(1).double().sum()) for p in parts]
+    return result
+
+
+def _variant_logits(
+    net: _Net, col: _Column, out: Tensor, sources: Sequence[tuple[int, int, int]]
+) -> Tensor:
+    """Logits of the chunk with each of ``sources`` cut in turn, stacked: ``[V·n, classes]``."""
+    b, n = col.block - 1, out.shape[0]
+    if col.kind == "classifier":
+        pooled, w = net.pooled(out), net.classifier.weight
+        logits = net.classifier(pooled)
+        return torch.cat([logits - pooled[:, s:e] @ w[:, s:e].t() for _, s, e in sources])
+    if col.kind == "transition":
+        t = net.transitions[b]
+        a = t.relu(t.norm(out))
+        z = t.conv(a)
+        cut = torch.cat([z - _partial(t.conv, a, s, e) for _, s, e in sources])
+        return net.from_block(b + 1, t.pool(t.drop(cut)))
+    layer = net.layers(b)[col.target - 1]
+    prefix = out[:, : layer.conv1.in_channels]
+    a = layer.relu1(layer.norm1(prefix))
+    z = layer.conv1(a)
+    new = layer.drop1(torch.cat([z - _partial(layer.conv1, a, s, e) for _, s, e in sources]))
+    if layer.bottleneck:
+        new = layer.drop2(layer.conv2(layer.relu2(layer.norm2(new))))
+    # The variants' features so far, [x_0 … x_{t-1} (shared), x_t (cut)], laid out
+    # channels-last like the fused block's buffer, so that copying them in is row by row.
+    v, (_, c, h, w) = len(sources), prefix.shape
+    x = prefix.new_empty(v, n, h, w, c + new.shape[1])
+    x[..., :c] = prefix.permute(0, 2, 3, 1)
+    x[..., c:] = new.view(v, n, *new.shape[1:]).permute(0, 1, 3, 4, 2)
+    x = x.view(v * n, h, w, -1).permute(0, 3, 1, 2)
+    return net.after_block(b, net.run_layers(b, x, col.target))
+
+
+def _ablation_column(
+    net: _Net,
+    col: _Column,
+    out: Tensor,
+    y: Tensor,
+    base_loss: Tensor,
+    base_correct: Tensor,
+    loss: LossFn,
+    batch_size: int,
+) -> list[list[float]]:
+    """Per source: Σ over the chunk of (loss cut − loss) and of (correct − correct cut)."""
+    n = out.shape[0]
+    per_pass = max(1, batch_size // n)
+    result = []
+    for sources in _groups(col.slices, per_pass):
+        logits = _variant_logits(net, col, out, sources)
+        v = len(sources)
+        losses = loss(logits, y.repeat(v)).view(v, n).double()
+        correct = (logits.argmax(1) == y.repeat(v)).view(v, n)
+        for i in range(v):
+            result.append(
+                [
+                    float((losses[i] - base_loss).sum()),
+                    float((base_correct.int() - correct[i].int()).sum()),
+                ]
+            )
+    return result
+
+
+def _taylor_chunk(
+    model: nn.Module, columns: Sequence[_Column], x: Tensor, y: Tensor, loss: LossFn
+) -> dict[str, list]:
+    """−Σ (∂L/∂w)·w per connection with L the chunk's summed loss (chunks add up; the
+    caller divides by the number of images to get the mean loss's estimate)."""
+    net = _Net(model)
+    weights = {}
+    for col in columns:
+        b = col.block - 1
+        if col.kind == "classifier":
+            weights[col.key] = net.classifier.weight
+        elif col.kind == "transition":
+            weights[col.key] = net.transitions[b].conv.weight
+        else:
+            weights[col.key] = net.layers(b)[col.target - 1].conv1.weight
+    params = list(weights.values())
+    with torch.enable_grad():
+        value = loss(model(x), y).sum()
+        grads = torch.autograd.grad(value, params)
+    result = {}
+    for (key, w), g in zip(weights.items(), grads, strict=True):
+        col = next(c for c in columns if c.key == key)
+        gw = (g.double() * w.detach().double()).transpose(0, 1).reshape(w.shape[1], -1).sum(1)
+        result[key] = [float(-gw[s:e].sum()) for _, s, e in col.slices]
+    return result
+
+
+# ----------------------------------------------------------------------------- the store
+class _Store:
+    """Per-chunk results of one metric on one model and image set, kept in a JSON file."""
+
+    def __init__(self, path: Path | None, key: dict[str, Any]) -> None:
+        self.path, self.key = path, key
+        self.chunks: dict[str, dict[str, Any]] = {}
+        self._saved = time.monotonic()
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("key") == key:
+                self.chunks = saved.get("chunks", {})
+
+    def save(self, force: bool = False) -> None:
+        if self.path is None or (not force and time.monotonic() - self._saved < _SAVE_EVERY_S):
+            return
+        write_text_atomic(self.path, json.dumps({"key": self.key, "chunks": self.chunks}))
+        self._saved = time.monotonic()
+
+
+def _store_path(cache_dir: Path | None, metric: str, key: dict[str, Any]) -> Path | None:
+    if cache_dir is None:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"{metric}-{digest}.json"
+
+
+# ----------------------------------------------------------------------------- public API
+def connection_table(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    metric: str,
+    *,
+    loss: LossFn = cross_entropy,
+    chunk_size: int = 100,
+    batch_size: int = 256,
+    cache_dir: str | Path | None = None,
+    data_key: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """A data-driven reuse table of ``model`` (a :class:`DenseNet`) on images ``x``, labels ``y``.
+
+    ``metric`` is ``activation``, ``ablation`` or ``taylor`` (see the module docstring).
+    Images run in chunks of ``chunk_size``; ablation variants are stacked so that one pass
+    holds at most about ``batch_size`` images. With ``cache_dir`` the per-chunk results go
+    to a JSON file keyed by the weights, ``data_key`` (what identifies the images), the
+    loss and the chunking, so a rerun continues an interrupted computation.
+    """
+    from tqdm import tqdm
+
+    if metric not in DATA_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(DATA_METRICS)}, not {metric!r}")
+    if len(x) == 0 or len(x) != len(y):
+        raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
+    model.eval()
+    structure = infer_structure(model.state_dict())
+    columns = _columns(structure)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    total = len(x)
+    chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
+    key = {
+        "version": _CACHE_VERSION,
+        "metric": metric,
+        "weights": state_hash(model.state_dict()),
+        "data": dict(data_key) if data_key is not None else _tensor_key(x, y),
+        "loss": getattr(loss, "__name__", repr(loss)),
+        "chunk_size": chunk_size,
+        "dtype": str(dtype),
+    }
+    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
+    # Progress counts target columns for ablation (the long one), chunks otherwise.
+    per_chunk = len(columns) if metric == "ablation" else 1
+
+    def done(i: int) -> int:
+        saved = store.chunks.get(str(i), {})
+        return sum(c.key in saved for c in columns) if per_chunk > 1 else int(bool(saved))
+
+    bar = tqdm(
+        total=len(chunks) * per_chunk,
+        initial=sum(done(i) for i in range(len(chunks))),
+        desc=metric,
+        unit="column" if metric == "ablation" else "chunk",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    net = _Net(model)
+    try:
+        for i, rows in enumerate(chunks):
+            if done(i) == per_chunk:
+                continue
+            saved = store.chunks.setdefault(str(i), {})
+            xb = x[rows].to(device, dtype)
+            yb = y[rows].to(device)
+            if metric == "taylor":
+                saved.update(_taylor_chunk(model, columns, xb, yb, loss))
+                bar.update(1)
+            elif metric == "activation":
+                with torch.inference_mode():
+                    saved.update(_activation_chunk(net, columns, xb))
+                bar.update(1)
+            else:
+                with torch.inference_mode():
+                    _ablation_chunk(net, columns, xb, yb, loss, batch_size, saved, bar, store)
+            store.save()
+    except KeyboardInterrupt:
+        store.save(force=True)
+        bar.close()
+        if store.path is not None:
+            tqdm.write(f"interrupted; results so far are in {store.path}: rerun to continue")
+        raise
+    bar.close()
+    store.save(force=True)
+    return _table(metric, structure, columns, store.chunks, total)
+
+
+def _tensor_key(x: Tensor, y: Tensor) -> dict[str, Any]:
+    h = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return {"images": len(x), "sha256": h.hexdigest()}
+
+
+def _ablation_chunk(
+    net: _Net,
+    columns: Sequence[_Column],
+    x: Tensor,
+    y: Tensor,
+    loss: LossFn,
+    batch_size: int,
+    saved: dict[str, Any],
+    bar: Any,
+    store: _Store,
+) -> None:
+    outs = net.block_outputs(x)
+    logits = net.after_block(len(outs) - 1, outs[-1])
+    base_loss = loss(logits, y).double()
+    base_correct = logits.argmax(1) == y
+    saved["base"] = [float(base_loss.sum()), int(base_correct.sum())]
+    for col in columns:
+        if col.key in saved:
+            continue
+        out = outs[col.block - 1]
+        saved[col.key] = _ablation_column(
+            net, col, out, y, base_loss, base_correct, loss, batch_size
+        )
+        bar.update(1)
+        store.save()
+
+
+def _table(
+    metric: str,
+    structure: DenseNetStructure,
+    columns: Sequence[_Column],
+    chunks: Mapping[str, Mapping[str, Any]],
+    total: int,
+) -> pd.DataFrame:
+    rows, drops = [], []
+    for col in columns:
+        # Stored per source: [value] (activation, taylor) or [loss, accuracy] (ablation).
+        sums = np.zeros((len(col.slices), 2))
+        for chunk in chunks.values():
+            values = np.asarray(chunk[col.key], dtype=np.float64).reshape(len(col.slices), -1)
+            sums[:, : values.shape[1]] += values
+        for (source, _, _), (value, drop) in zip(col.slices, sums, strict=True):
+            rows.append((col.block, source, col.target, col.kind, value / total))
+            drops.append(drop / total)
+    extra = {"accuracy_drop": drops} if metric == "ablation" else None
+    return build_table(
+        rows,
+        metric,
+        concat_order="oldest-first",
+        structure=structure.summary(),
+        extra=extra,
+        attrs={"images": total},
+    )
+
+
+def probe_table(
+    metric: str,
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+    settings: ProbeSettings | None = None,
+    *,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """A data-driven reuse table for loaded weights, on the images ``settings`` describe.
+
+    The model is rebuilt (:func:`runnable_model`), the images are a fixed random subset of
+    the data set's split (default: the training split of the data set recorded in the
+    checkpoint), and results are cached under ``settings.cache_dir``.
+    """
+    settings = settings or ProbeSettings()
+    return probe_tables([metric], state_dict, structure, checkpoint, settings, progress=progress)[
+        metric
+    ]
+
+
+def probe_inputs(
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+    settings: ProbeSettings | None = None,
+) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
+    """The runnable model (on the settings' device), the images, their labels, and the
+    record that identifies the images in the cache."""
+    from reuse_analysis.train import pick_device
+
+    settings = settings or ProbeSettings()
+    if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
+        raise ProbeError("--images, --batch-size and the chunk size must be positive")
+    model = runnable_model(state_dict, structure, checkpoint)
+    meta = checkpoint.meta if checkpoint is not None else {}
+    ds = load_data(meta, settings.dataset, settings.data_dir)
+    x, y = probe_images(ds, settings.split, settings.images, model)
+    model.to(pick_device(settings.device))
+    data_key = {
+        "dataset": ds.name,
+        "split": settings.split,
+        "images": len(x),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+    }
+    return model, x, y, data_key
+
+
+def probe_tables(
+    metrics: Sequence[str],
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+    settings: ProbeSettings | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Several data-driven tables sharing one model and one set of images."""
+    settings = settings or ProbeSettings()
+    model, x, y, data_key = probe_inputs(state_dict, structure, checkpoint, settings)
+    tables = {}
+    for metric in metrics:
+        df = connection_table(
+            model,
+            x,
+            y,
+            metric,
+            chunk_size=settings.chunk_size,
+            batch_size=settings.batch_size,
+            cache_dir=settings.cache_path(),
+            data_key=data_key,
+            progress=progress,
+        )
+        df.attrs.update(dataset=data_key["dataset"], split=settings.split, images=len(x))
+        tables[metric] = df
+    return tables
+
+
+__all__ = [
+    "SPLITS",
+    "LossFn",
+    "ProbeError",
+    "ProbeSettings",
+    "config_from_structure",
+    "connection_table",
+    "cross_entropy",
+    "load_data",
+    "probe_images",
+    "probe_inputs",
+    "probe_table",
+    "probe_tables",
+    "runnable_model",
+    "state_hash",
+]

@@ -1,0 +1,326 @@
+"""Pruning, agreement and the data-driven CLI on a tiny trained DenseNet and a tiny data set."""
+
+from __future__ import annotations
+
+import json
+import math
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pypdf
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reuse_analysis.agreement import agreement_table, spearman
+from reuse_analysis.checkpoint import load_checkpoint
+from reuse_analysis.cli import cli
+from reuse_analysis.prune import PruneError, connection_slice, select_cuts
+from reuse_analysis.structure import infer_structure
+from reuse_analysis.tables import build_table
+from reuse_analysis.train import TrainConfig, train
+
+TINY = {"growth_rate": 4, "block_config": (3, 2), "num_init_features": 8}
+CONNECTIONS = (3 * 4 // 2 + 4) + (2 * 3 // 2 + 3)  # layers + transition, layers + classifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: extra threads only add synchronisation (ruinous on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DenseNet-BC trained for two epochs by `train` on 160 16×16 images of 4 classes."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("prune")
+    data = root / "tiny.npz"
+
+    def split(n):
+        y = rng.integers(0, 4, n)
+        x = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+        x[np.arange(n), :, :, y % 3] += (60 * (1 + y // 3)).astype(np.uint8)[:, None, None]
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = split(160), split(48)
+    np.savez(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    out = root / "tiny.pt"
+    train(
+        TrainConfig(
+            arch="densenet_bc_100",
+            dataset=f"npz:{data}",
+            data_dir=str(root / "cache"),
+            epochs=2,
+            batch_size=32,
+            out=str(out),
+            device="cpu",
+            model_overrides=TINY,
+            checkpoint_minutes=1e9,
+        )
+    )
+    return out
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _table(values: dict[tuple[int, int, int], float]) -> pd.DataFrame:
+    rows = [(b, s, t, "layer", v) for (b, s, t), v in values.items()]
+    return build_table(rows, "weight", concat_order="oldest-first", structure="hand")
+
+
+# ----------------------------------------------------------------------------- selection
+def test_select_cuts_per_column_keeps_the_strongest_and_at_least_one():
+    table = _table(
+        {
+            (1, 0, 1): 0.5,  # a single source: always kept
+            (1, 0, 2): 0.1,
+            (1, 1, 2): 0.9,
+            (1, 0, 3): 0.3,
+            (1, 1, 3): 0.2,
+            (1, 2, 3): 0.7,
+            (1, 3, 3): 0.2,  # tie with source 1: the older one is kept
+        }
+    )
+    cut = lambda f, scope="column": sorted(  # noqa: E731
+        map(tuple, select_cuts(table, f, scope)[["source", "target"]].to_numpy().tolist())
+    )
+    assert cut(0.0) == []
+    # keep ⌈0.5·n⌉: column 2 keeps 1 of 2, column 3 keeps 2 of 4
+    assert cut(0.5) == [(0, 2), (1, 3), (3, 3)]
+    # keep ⌈0.25·n⌉: column 3 keeps 1 of 4
+    assert cut(0.75) == [(0, 2), (0, 3), (1, 3), (3, 3)]
+    # global: keep ⌈0.5·7⌉ = 4 by raw value, each column's strongest included
+    assert cut(0.5, "global") == [(0, 2), (1, 3), (3, 3)]
+    assert cut(0.9, "global") == [(0, 2), (0, 3), (1, 3), (3, 3)]
+    with pytest.raises(PruneError, match="fraction"):
+        select_cuts(table, 1.0)
+
+
+def test_connection_slice_names_the_weight_columns(trained):
+    sd = load_checkpoint(trained).state_dict
+    structure = infer_structure(sd)
+    assert connection_slice(structure, 1, 2, 3) == (
+        "features.denseblock1.denselayer3.conv1.weight", 12, 16
+    )  # fmt: skip
+    assert connection_slice(structure, 1, 0, 4) == ("features.transition1.conv.weight", 0, 8)
+    assert connection_slice(structure, 2, 2, 3) == ("classifier.weight", 14, 18)
+
+
+# ----------------------------------------------------------------------------- agreement
+def test_spearman_is_pearson_on_average_ranks():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties: ranks (1.5, 1.5, 3) against (1, 2, 3) → Pearson of those
+    assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(
+        np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
+    )
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_agreement_table_per_block_all_and_within_columns():
+    truth = {(1, 0, 1): 1.0, (1, 0, 2): 1.0, (1, 1, 2): 2.0, (1, 0, 3): 1.0, (1, 1, 3): 2.0,
+             (1, 2, 3): 3.0, (2, 0, 1): 5.0, (2, 0, 2): 1.0, (2, 1, 2): 0.0}  # fmt: skip
+    same = {k: 10 * v for k, v in truth.items()}
+    reverse = {k: -v for k, v in truth.items()}
+    ablation = _table(truth).rename(columns={"mean_abs_weight": "loss_increase"})
+    ablation.attrs["metric"] = "ablation"
+    df = agreement_table(
+        {"weight": _table(same), "bn-weight": _table(reverse), "ablation": ablation}
+    )
+    got = df.set_index(["metric", df.block.astype(str)])
+    assert got.loc[("weight", "1"), "spearman"] == pytest.approx(1.0)
+    assert got.loc[("weight", "all"), "within_column"] == pytest.approx(1.0)
+    assert got.loc[("bn-weight", "2"), "spearman"] == pytest.approx(-1.0)
+    assert got.loc[("bn-weight", "all"), "within_column"] == pytest.approx(-1.0)  # column 1/3 only
+    assert got.loc[("weight", "1"), "connections"] == 6
+
+
+# ----------------------------------------------------------------------------- prune
+def test_pruned_model_reloads_with_its_masks_and_the_same_accuracy(tmp_path, trained):
+    out = tmp_path / "pruned.pt"
+    data = ["--data-dir", tmp_path / "data", "--images", 64]
+    result = run("prune", trained, "--metric", "ablation", "--fraction", 0.5, "-o", out, "--json",
+                 *data)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["connections"] == CONNECTIONS
+    # per column keep ⌈n/2⌉: block 1 (1, 2, 3 sources; transition 4), block 2 (1, 2; 3)
+    assert record["connections_cut"] == (0 + 1 + 1 + 2) + (0 + 1 + 1)
+    assert record["test"]["images"] == 48
+    ckpt = load_checkpoint(out)
+    assert ckpt.arch == "densenet_bc_100" and ckpt.config["block_config"] == [3, 2]
+    cut = pd.DataFrame(ckpt.meta["prune"]["cut"])
+    assert len(cut) == record["connections_cut"]
+    structure = infer_structure(ckpt.state_dict)
+    for c in cut.itertuples():
+        key, start, stop = connection_slice(structure, c.block, c.source, c.target)
+        assert not ckpt.state_dict[key][:, start:stop].any()
+    evaluated = json.loads(run("evaluate", out, "--json", "--data-dir", tmp_path / "data").stdout)
+    assert evaluated["accuracy"] == record["accuracy_pruned"] == record["accuracy_after"]
+    assert evaluated["loss"] == pytest.approx(record["loss_pruned"], rel=1e-6)
+    assert ckpt.meta["test_acc"] == record["accuracy_after"]
+    # the weight table of the pruned model shows the cut connections as exactly zero
+    table = pd.read_csv(StringIO(run("table", out).stdout))
+    zero = table.merge(cut, on=["block", "source", "target"])
+    assert len(zero) == len(cut) and (zero.mean_abs_weight == 0).all()
+    assert run("heatmap", out, "-o", tmp_path / "h.png").exit_code == 0
+
+
+def test_finetuning_keeps_cut_weights_at_zero(tmp_path, trained):
+    out = tmp_path / "tuned.pt"
+    tune = ["--finetune-epochs", 1, "--finetune-lr", 0.05]
+    result = run("prune", trained, "--metric", "weight", "--fraction", 0.5, *tune, "-o", out,
+                 "--json", "--data-dir", tmp_path / "data")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    tuned = load_checkpoint(out)
+    original = load_checkpoint(trained).state_dict
+    structure = infer_structure(tuned.state_dict)
+    cut = pd.DataFrame(tuned.meta["prune"]["cut"])
+    changed = 0
+    for c in cut.itertuples():
+        key, start, stop = connection_slice(structure, c.block, c.source, c.target)
+        assert not tuned.state_dict[key][:, start:stop].any()
+    for key, w in tuned.state_dict.items():
+        changed += not torch.equal(w, original[key])
+    assert changed > 10  # the rest did train
+    assert len(record["finetune"]["history"]) == 1
+    evaluated = json.loads(run("evaluate", out, "--json", "--data-dir", tmp_path / "data").stdout)
+    assert evaluated["accuracy"] == pytest.approx(record["accuracy_after"])
+    assert not (tmp_path / "tuned.finetune.pt").exists()
+    assert not (tmp_path / "tuned.finetune.train.pt").exists()
+    assert (tmp_path / "tuned.finetune.log.csv").is_file()
+
+
+def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
+    fig = tmp_path / "sweep.png"
+    args = ["prune", trained, "--sweep", "--metrics", "weight,taylor,random", "--fractions",
+            "0,0.5", "-o", fig, "--data-dir", tmp_path / "data", "--images", 32]  # fmt: skip
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(fig), str(tmp_path / "sweep.csv")]
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    df = pd.read_csv(tmp_path / "sweep.csv")
+    assert df.metric.tolist() == ["unpruned"] + ["weight"] * 2 + ["taylor"] * 2 + ["random"] * 2
+    base = df.accuracy[0]
+    assert (df[df.fraction == 0].accuracy == base).all()  # cutting nothing changes nothing
+    assert (df[df.fraction == 0.5].connections_cut == 6).all()
+    assert (df.test_images == 48).all()
+    # a rerun reads every accuracy from the cache: no evaluation at all
+    import reuse_analysis.train as train_module
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep.csv"), df)
+
+
+def test_agreement_command_and_report_pages(tmp_path, trained):
+    data = ["--data-dir", tmp_path / "data", "--images", 32]
+    result = run("agreement", trained, "--json", "-o", tmp_path / "a.png", *data)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["reference"] == "ablation"
+    assert payload["data"]["images"] == 32 and payload["data"]["split"] == "train"
+    rows = pd.DataFrame(payload["rows"])
+    assert sorted(set(rows.metric)) == ["activation", "bn-weight", "taylor", "weight"]
+    assert sorted(set(rows.block.astype(str))) == ["1", "2", "all"]
+    assert rows.spearman.between(-1, 1).all()
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    text = run("agreement", trained, "-o", tmp_path / "a.png", *data)
+    assert "within col." in text.stdout and "taylor" in text.stdout
+
+    sweep = tmp_path / "s.png"
+    assert run("prune", trained, "--sweep", "--metrics", "weight", "--fractions", "0.5",
+               "-o", sweep, *data).exit_code == 0  # fmt: skip
+    pdf = tmp_path / "r.pdf"
+    result = run("report", trained, "-o", pdf, "--agreement", "--sweep", tmp_path / "s.csv", *data)
+    assert result.exit_code == 0, result.output
+    pages = [p.extract_text() for p in pypdf.PdfReader(pdf).pages]
+    assert any("Which metric finds the connections that matter?" in p for p in pages)
+    assert any("Pruning sweep" in p and "unpruned" in p for p in pages)
+
+
+# ----------------------------------------------------------------------------- metrics in the CLI
+@pytest.mark.parametrize("metric", ["bn-weight", "activation", "ablation", "taylor"])
+def test_table_with_each_metric(tmp_path, trained, metric):
+    out = tmp_path / "t.json"
+    result = run("table", trained, "--metric", metric, "-o", out, "--data-dir", tmp_path / "d",
+                 "--images", 16)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    value = {"bn-weight": "mean_abs_bn_weight", "activation": "mean_abs_contribution",
+             "ablation": "loss_increase", "taylor": "taylor_loss_increase"}[metric]  # fmt: skip
+    extra = ["accuracy_drop"] if metric == "ablation" else []
+    assert payload["columns"] == ["block", "source", "target", "target_kind", value, "normalized",
+                                  *extra]  # fmt: skip
+    assert payload["metric"] == metric and payload["concat_order"] == "oldest-first"
+    assert len(payload["rows"]) == CONNECTIONS
+    if metric != "bn-weight":
+        assert payload["data"] == {"dataset": payload["data"]["dataset"], "split": "train",
+                                   "images": 16}  # fmt: skip
+    assert f"metric {metric}" in result.stderr
+    png = tmp_path / "h.png"
+    assert run("heatmap", trained, "--metric", metric, "-o", png, "--data-dir", tmp_path / "d",
+               "--images", 16).exit_code == 0  # fmt: skip
+
+
+def test_data_driven_metric_on_a_model_it_cannot_run(tmp_path):
+    from layouts import layouts
+
+    build, _, _ = layouts()["kuangliu"]
+    path = tmp_path / "kuangliu.pt"
+    torch.save(build().state_dict(), path)
+    out = tmp_path / "x.csv"
+    result = run("table", path, "--metric", "ablation", "--dataset", "cifar10", "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "a model the toolkit can run" in result.stderr
+    assert not out.exists()
+
+
+def test_newest_first_is_refused_for_data_driven_metrics(trained):
+    result = run("table", trained, "--metric", "taylor", "--concat-order", "newest-first")
+    assert result.exit_code == 2 and "oldest-first" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "MISSING", "--fraction", "0.5", "-o", "OUT.pt"],
+        ["prune", "MODEL", "-o", "OUT.pt"],
+        ["prune", "MODEL", "--fraction", "0.5", "-o", "OUT.png"],
+        ["agreement", "MODEL", "--metrics", "weight,nonsense", "-o", "OUT.png"],
+        ["report", "MODEL", "--sweep", "MISSING", "-o", "OUT.pdf"],
+        ["prune", "MODEL", "--sweep", "--metrics", "nonsense", "-o", "OUT.png"],
+    ],
+)
+def test_bad_requests_one_error_line(tmp_path, trained, args):
+    subst = {"MISSING": tmp_path / "missing.pt", "MODEL": trained,
+             "OUT.pt": tmp_path / "o" / "out.pt", "OUT.png": tmp_path / "o" / "out.png",
+             "OUT.pdf": tmp_path / "o" / "out.pdf"}  # fmt: skip
+    result = run(*[subst.get(a, a) for a in args], "--data-dir", tmp_path / "data")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    assert not Path(tmp_path / "o" / "out.csv").exists()
+
+
+def test_heatmap_default_name_says_the_metric(tmp_path, trained, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("heatmap", trained, "--metric", "bn-weight")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(Path("reports") / "tiny-bn-weight-heatmap.png")
+    assert (tmp_path / "reports" / "tiny-bn-weight-heatmap.png").is_file()
