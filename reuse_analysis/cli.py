@@ -793,7 +793,10 @@ def prune(
     config and the list of cut connections, and loads in every command.
     """
     if do_sweep:
-        _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle)
+        with interrupted_exits("interrupted: rerun the same command to continue the sweep"):
+            _prune_sweep(
+                model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle
+            )
         return
     if fraction is None or output is None:
         fail("prune needs --fraction F and -o OUT.pt (or --sweep)")
@@ -801,20 +804,23 @@ def prune(
         fail(f"cannot write {output}: a pruned model is a checkpoint, use the .pt extension")
     from reuse_analysis.prune import prune_checkpoint
 
-    record = prune_checkpoint(
-        str(model),
-        str(output),
-        metric=metric,
-        fraction=fraction,
-        scope=scope,
-        settings=_settings(probe),
-        limit=limit,
-        finetune_epochs=finetune_epochs,
-        finetune_images=finetune_images,
-        finetune_lr=finetune_lr,
-        resume=resume,
-        trust_pickle=trust_pickle,
-    )
+    with interrupted_exits(
+        "interrupted: rerun the same command (with --resume while fine-tuning) to continue"
+    ):
+        record = prune_checkpoint(
+            str(model),
+            str(output),
+            metric=metric,
+            fraction=fraction,
+            scope=scope,
+            settings=_settings(probe),
+            limit=limit,
+            finetune_epochs=finetune_epochs,
+            finetune_images=finetune_images,
+            finetune_lr=finetune_lr,
+            resume=resume,
+            trust_pickle=trust_pickle,
+        )
     summary = (
         f"cut {record['connections_cut']} of {record['connections']} connections "
         f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
@@ -903,9 +909,10 @@ def card(
 
 
 @contextlib.contextmanager
-def interrupted_exits() -> Iterator[None]:
+def interrupted_exits(note: str | None = None) -> Iterator[None]:
     """Stop long work on Ctrl-C or SIGTERM alike: the library saves its state on
-    KeyboardInterrupt, then the process exits with status 130 and no traceback.
+    KeyboardInterrupt, then the process exits with status 130 and no traceback, after
+    ``note`` (how to continue) on stderr.
 
     SIGTERM is what `kill`, job schedulers and container runtimes send; background jobs
     started from a script ignore SIGINT, so without this they could not stop cleanly.
@@ -920,6 +927,8 @@ def interrupted_exits() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        if note:
+            _note(note)
         raise SystemExit(130) from None
     finally:
         if previous is not None:
@@ -1182,13 +1191,10 @@ def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
     from reuse_analysis.compare import compare as run_compare
 
     cfg = CompareConfig(archs=archs, **kwargs)
-    try:
-        # Training reports each epoch on stdout; here stdout is for the output paths.
-        with contextlib.redirect_stdout(sys.stderr):
-            df = run_compare(cfg, log=_note)
-    except KeyboardInterrupt:
-        _note("interrupted: rerun the same command to resume")
-        raise SystemExit(130) from None
+    # Training reports each epoch on stdout; here stdout is for the output paths.
+    resume = "interrupted: rerun the same command to resume"
+    with interrupted_exits(resume), contextlib.redirect_stdout(sys.stderr):
+        df = run_compare(cfg, log=_note)
     table, figure = write_outputs(df, output)
     click.echo(str(table))
     click.echo(str(figure))

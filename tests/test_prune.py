@@ -226,6 +226,33 @@ def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep.csv"), df)
 
 
+def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained, monkeypatch):
+    import reuse_analysis.train as train_module
+
+    fig = tmp_path / "sweep.png"
+    args = ["prune", trained, "--sweep", "--metrics", "weight,random", "--fractions",
+            "0.25,0.5", "-o", fig, "--data-dir", tmp_path / "data", "--images", 32]  # fmt: skip
+    real, calls, stop_at = train_module.evaluate, [], [3]
+
+    def stops_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_module, "evaluate", stops_on_the_third)
+    stopped = run(*args)
+    assert stopped.exit_code == 130
+    assert "interrupted: rerun the same command" in stopped.stderr
+    assert "Traceback" not in stopped.output and not fig.exists()
+    calls.clear()
+    stop_at[0] = 0
+    finished = run(*args)
+    assert finished.exit_code == 0, finished.output
+    assert len(calls) == 3  # unpruned and the first cut came from the cache: 5 − 2
+    assert len(pd.read_csv(tmp_path / "sweep.csv")) == 5
+
+
 def test_agreement_command_and_report_pages(tmp_path, trained):
     data = ["--data-dir", tmp_path / "data", "--images", 32]
     result = run("agreement", trained, "--json", "-o", tmp_path / "a.png", *data)
