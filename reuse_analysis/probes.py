@@ -21,7 +21,11 @@ So for every image chunk the network runs once, keeping each block's features; t
 each target t the variants "s cut" (one per source) are formed from the kept features by
 subtracting the partial convolutions, stacked along the batch, and only the rest of the
 network — layers after t, the transition, later blocks, the classifier — is recomputed, in
-inference mode, a bounded number of images per pass. The classifier column costs one
+inference mode, a bounded number of images per pass. Within t's block the variants also
+share the features before t: batch norm acts per channel and a convolution sums over input
+channels, so each later layer's first conv (and the transition, or the logits) takes the
+part that those shared channels contribute from one computation per target column, and
+each variant pays only for its own channels x_t … The classifier column costs one
 matrix product per source. Results are kept per image chunk and target column in a JSON
 file keyed by the weights' hash and the settings, so an interrupted run continues where it
 stopped.
@@ -45,6 +49,8 @@ from torch import Tensor, nn
 
 from reuse_analysis._io import write_text_atomic
 from reuse_analysis.errors import ReuseAnalysisError
+from reuse_analysis.models._efficient import _bn_relu as _efficient_bn_relu
+from reuse_analysis.models._efficient import _bottleneck, _matrix, _nchw, _scale_shift, _scratch
 from reuse_analysis.structure import Classifier, DenseNetStructure, Transition, infer_structure
 from reuse_analysis.tables import DATA_METRICS, build_table
 
@@ -267,19 +273,73 @@ class _Net:
     def layers(self, b: int) -> list[nn.Module]:
         return list(self.blocks[b].values())
 
-    def run_layers(self, b: int, x: Tensor, start: int) -> Tensor:
-        """Layers ``start`` (0-based) … L of block ``b`` on the features ``x`` so far."""
-        from reuse_analysis.models import _efficient
+    def shared_parts(self, b: int, prefix: Tensor, start: int) -> list[Tensor]:
+        """What the features before layer ``start`` + 1 contribute, the same in every variant
+        that cuts a connection into layer ``start`` (1-based) of block ``b``.
 
+        ``prefix`` holds those features for ``n`` images. A batch norm acts per channel and
+        a convolution (or the classifier) sums over input channels, so each later layer's
+        first conv, the transition conv or the logits split into a part from these channels,
+        computed here once, and a part from the variant's own channels
+        (:meth:`rest_of_block`, :meth:`after_shared_block`). Returns one ``[n·h·w, out]``
+        matrix per later layer, then the transition's (or the logits' ``[n, classes]``).
+        """
+        n, c, h, w = prefix.shape
+        rows = _matrix(prefix)
+        ws = _scratch(prefix, c)
+        parts = [
+            _first_conv_rows(layer.norm1, layer.conv1, rows, 0, (n, h, w), ws)
+            for layer in self.layers(b)[start:]
+        ]
+        t = self.transitions[b]
+        if t is not None:
+            parts.append(_first_conv_rows(t.norm, t.conv, rows, 0, (n, h, w), ws))
+        else:
+            head = self.pooled(prefix) @ self.classifier.weight[:, :c].t()
+            if self.classifier.bias is not None:
+                head += self.classifier.bias
+            parts.append(head)
+        return parts
+
+    def rest_of_block(
+        self, b: int, c: int, new: Tensor, start: int, shared: Sequence[Tensor]
+    ) -> Tensor:
+        """Block ``b``'s channels from layer ``start`` (1-based) on, ``[x_start, …, x_L]``, for
+        ``v`` variants that share the block's first ``c`` channels and differ from layer
+        ``start``'s output ``new`` (``v·n`` images, variant-major) on.
+
+        Each later layer computes its first conv over the variants' own channels only and
+        adds the part ``shared`` (from :meth:`shared_parts`) holds for the first ``c``.
+        """
         layers = self.layers(b)[start:]
-        if not layers:
-            return x
-        if _efficient.supports(layers, x) and not torch.is_grad_enabled():
-            return _efficient.dense_block(x, layers, False)
-        features = [x]
-        for layer in layers:
-            features.append(layer(features))
-        return torch.cat(features, 1)
+        images, k, h, w = new.shape
+        width = k + sum(_new_channels(layer) for layer in layers)
+        buf = new.new_empty(images, h, w, width)  # channels-last, as in the fused block
+        mat = buf.view(-1, width)
+        buf[..., :k].copy_(new.permute(0, 2, 3, 1))
+        ws = _scratch(new, width)
+        filled = k
+        for layer, common in zip(layers, shared, strict=False):
+            y = _first_conv_rows(layer.norm1, layer.conv1, mat[:, :filled], c, (images, h, w), ws)
+            y = layer.drop1(_nchw(_add_shared_rows(y, common), images, h, w))
+            if layer.bottleneck:
+                y = layer.drop2(layer.conv2(layer.relu2(layer.norm2(y))))
+            mat[:, filled : filled + y.shape[1]].copy_(_matrix(y))
+            filled += y.shape[1]
+        return buf.permute(0, 3, 1, 2)
+
+    def after_shared_block(self, b: int, c: int, rest: Tensor, shared: Tensor) -> Tensor:
+        """Logits from block ``b``'s output on, for variants whose output is the shared first
+        ``c`` channels followed by ``rest`` (``shared``: the last of :meth:`shared_parts`)."""
+        images, _, h, w = rest.shape
+        t = self.transitions[b]
+        if t is not None:
+            ws = _scratch(rest, rest.shape[1])
+            z = _first_conv_rows(t.norm, t.conv, _matrix(rest), c, (images, h, w), ws)
+            z = _nchw(_add_shared_rows(z, shared), images, h, w)
+            return self.from_block(b + 1, t.pool(t.drop(z)))
+        own = self.pooled(rest, c) @ self.classifier.weight[:, c:].t()
+        return _add_shared_rows(own, shared)
 
     def block_outputs(self, x: Tensor) -> list[Tensor]:
         """Every block's output ``[x_0, …, x_L]`` for the images ``x``."""
@@ -303,8 +363,61 @@ class _Net:
             return self.classifier(self.pooled(out))
         return self.from_block(b + 1, self.transitions[b](out))
 
-    def pooled(self, out: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(F.relu(self.norm5(out)), 1).flatten(1)
+    def pooled(self, out: Tensor, first: int = 0) -> Tensor:
+        """The head's pooled features of ``out``, whose channels start at ``first``."""
+        a = _bn_relu(self.norm5, out, first)
+        return F.adaptive_avg_pool2d(a, 1).flatten(1)
+
+
+def _new_channels(layer: nn.Module) -> int:
+    return (layer.conv2 if layer.bottleneck else layer.conv1).out_channels
+
+
+def _bn_relu(norm: nn.BatchNorm2d, x: Tensor, first: int) -> Tensor:
+    """ReLU of the (eval-mode) batch norm of channels ``first…`` of its input, given as ``x``."""
+    part = slice(first, first + x.shape[1])
+
+    def sliced(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[part]
+
+    stats = sliced(norm.running_mean), sliced(norm.running_var)
+    affine = sliced(norm.weight), sliced(norm.bias)
+    return F.relu(F.batch_norm(x, *stats, *affine, False, 0.0, norm.eps))
+
+
+def _first_conv_rows(
+    norm: nn.BatchNorm2d,
+    conv: nn.Conv2d,
+    rows: Tensor,
+    first: int,
+    shape: tuple[int, int, int],
+    ws: Tensor,
+) -> Tensor:
+    """``conv(relu(norm(·)))`` restricted to input channels ``first…`` (given as the
+    ``[n·h·w, c]`` matrix ``rows``), as an ``[n·h·w, out]`` matrix; the bias goes with
+    ``first == 0``. ``shape`` is ``(n, h, w)``; ``ws`` scratch for the 1×1 case."""
+    c = rows.shape[1]
+    part = slice(first, first + c)
+    scale, shift, _ = _scale_shift(
+        norm.running_mean[part], norm.running_var[part], norm.eps,
+        norm.weight[part], norm.bias[part],
+    )  # fmt: skip
+    weight = conv.weight[:, part]
+    if weight.shape[2:] == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0):
+        out = _bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
+    else:
+        a = _nchw(_efficient_bn_relu(rows, scale, shift), *shape)
+        args = (conv.stride, conv.padding, conv.dilation)
+        out = _matrix(F.conv2d(a, weight, None, *args)).contiguous()
+    if first == 0 and conv.bias is not None:
+        out += conv.bias
+    return out
+
+
+def _add_shared_rows(own: Tensor, common: Tensor) -> Tensor:
+    """``own`` (rows of ``v`` variants, variant-major) plus ``common`` in each variant."""
+    own.view(-1, *common.shape).add_(common)
+    return own
 
 
 def _groups(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -336,10 +449,16 @@ def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[
 
 
 def _variant_logits(
-    net: _Net, col: _Column, out: Tensor, sources: Sequence[tuple[int, int, int]]
+    net: _Net,
+    col: _Column,
+    out: Tensor,
+    sources: Sequence[tuple[int, int, int]],
+    shared: Sequence[Tensor] = (),
 ) -> Tensor:
-    """Logits of the chunk with each of ``sources`` cut in turn, stacked: ``[V·n, classes]``."""
-    b, n = col.block - 1, out.shape[0]
+    """Logits of the chunk with each of ``sources`` cut in turn, stacked: ``[V·n, classes]``.
+
+    ``shared``: :meth:`_Net.shared_parts` of a layer column, computed once per column."""
+    b = col.block - 1
     if col.kind == "classifier":
         pooled, w = net.pooled(out), net.classifier.weight
         logits = net.classifier(pooled)
@@ -351,20 +470,17 @@ def _variant_logits(
         cut = torch.cat([z - _partial(t.conv, a, s, e) for _, s, e in sources])
         return net.from_block(b + 1, t.pool(t.drop(cut)))
     layer = net.layers(b)[col.target - 1]
-    prefix = out[:, : layer.conv1.in_channels]
+    c = layer.conv1.in_channels
+    prefix = out[:, :c]
     a = layer.relu1(layer.norm1(prefix))
     z = layer.conv1(a)
     new = layer.drop1(torch.cat([z - _partial(layer.conv1, a, s, e) for _, s, e in sources]))
     if layer.bottleneck:
         new = layer.drop2(layer.conv2(layer.relu2(layer.norm2(new))))
-    # The variants' features so far, [x_0 … x_{t-1} (shared), x_t (cut)], laid out
-    # channels-last like the fused block's buffer, so that copying them in is row by row.
-    v, (_, c, h, w) = len(sources), prefix.shape
-    x = prefix.new_empty(v, n, h, w, c + new.shape[1])
-    x[..., :c] = prefix.permute(0, 2, 3, 1)
-    x[..., c:] = new.view(v, n, *new.shape[1:]).permute(0, 1, 3, 4, 2)
-    x = x.view(v * n, h, w, -1).permute(0, 3, 1, 2)
-    return net.after_block(b, net.run_layers(b, x, col.target))
+    if not shared:
+        shared = net.shared_parts(b, prefix, col.target)
+    rest = net.rest_of_block(b, c, new, col.target, shared[:-1])
+    return net.after_shared_block(b, c, rest, shared[-1])
 
 
 def _ablation_column(
@@ -380,9 +496,13 @@ def _ablation_column(
     """Per source: Σ over the chunk of (loss cut − loss) and of (correct − correct cut)."""
     n = out.shape[0]
     per_pass = max(1, batch_size // n)
+    shared: Sequence[Tensor] = ()
+    if col.kind == "layer":
+        c = net.layers(col.block - 1)[col.target - 1].conv1.in_channels
+        shared = net.shared_parts(col.block - 1, out[:, :c], col.target)
     result = []
     for sources in _groups(col.slices, per_pass):
-        logits = _variant_logits(net, col, out, sources)
+        logits = _variant_logits(net, col, out, sources, shared)
         v = len(sources)
         losses = loss(logits, y.repeat(v)).view(v, n).double()
         correct = (logits.argmax(1) == y.repeat(v)).view(v, n)
