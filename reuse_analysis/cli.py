@@ -88,6 +88,23 @@ input_size_option = click.option(
 )
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+device_option = click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs (auto: CUDA, then MPS, then the CPU).",
+)
+
+
+def data_dir_option(what: str = "Where data sets are downloaded, extracted and cached.") -> Any:
+    """``--data-dir`` (default ``data``), with what the command keeps there."""
+    return click.option(
+        "--data-dir", default="data", show_default=True, type=click.Path(file_okay=False), help=what
+    )
+
+
 def _analyze(
     model: Path,
     arch: str | None,
@@ -152,13 +169,9 @@ def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Images for the data-driven metrics (default: the data set recorded in the "
             "checkpoint): cifar10, …, npz:PATH or imagefolder:PATH.",
         ),
-        click.option(
-            "--data-dir",
-            default="data",
-            show_default=True,
-            type=click.Path(file_okay=False),
-            help="Where data sets are cached; results of data-driven metrics are kept in "
-            "DATA_DIR/probe-cache so that reruns and interrupted runs continue.",
+        data_dir_option(
+            "Where data sets are cached; results of data-driven metrics are kept in "
+            "DATA_DIR/probe-cache so that reruns and interrupted runs continue."
         ),
         click.option(
             "--images",
@@ -181,12 +194,7 @@ def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Images per forward pass (bounds memory).",
         ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-            default="auto",
-            show_default=True,
-        ),
+        device_option,
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -885,10 +893,8 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
     "--command", "train_command", required=True, help="The exact command that trained MODEL."
 )
 @click.option("--notes", default="", help="Free text: how far the schedule was shortened, etc.")
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
-)
+@data_dir_option()
+@device_option
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
     help="Card to write (default: MODEL with the extension .card.json).",
@@ -951,13 +957,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     required=True,
     help="cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH or imagefolder:PATH.",
 )
-@click.option(
-    "--data-dir",
-    default="data",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where data sets are downloaded, extracted and cached.",
-)
+@data_dir_option()
 @click.option("--epochs", type=click.IntRange(1), default=300, show_default=True)
 @click.option(
     "--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Per process."
@@ -991,12 +991,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .train.pt.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-)
+@device_option
 @click.option("--amp", is_flag=True, help="Mixed precision (fp16 on CUDA, bf16 on CPU).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on most HW).")
 @click.option(
@@ -1053,17 +1048,12 @@ def train(**kwargs: Any) -> None:
 @click.option(
     "--dataset", help="Data set to evaluate on (default: the one recorded in the checkpoint)."
 )
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@data_dir_option()
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option(
     "--limit", type=click.IntRange(1), help="Evaluate on a fixed random subset of N test images."
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @trust_option
 @handles_bad_input
@@ -1113,13 +1103,7 @@ def evaluate(
     required=True,
     help="cifar10, fashion-mnist, npz:PATH, imagefolder:PATH … (as for train).",
 )
-@click.option(
-    "--data-dir",
-    default="data",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where data sets are cached.",
-)
+@data_dir_option()
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option(
@@ -1139,9 +1123,7 @@ def evaluate(
     "--limit-test", type=click.IntRange(1), help="Evaluate on a fixed random subset of N images."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
-)
+@device_option
 @click.option(
     "--measure-steps",
     type=click.IntRange(1),
