@@ -18,15 +18,6 @@ from reuse_analysis.structure import infer_structure
 TINY = {"growth_rate": 3, "block_config": (3, 2), "num_init_features": 4, "num_classes": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add synchronisation (ruinous on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(bn_size: int = 2, seed: int = 0, linear: bool = False) -> torch.nn.Module:
     """A two-block DenseNet with non-trivial batch-norm statistics, in float64, eval mode.
 

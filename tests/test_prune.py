@@ -26,15 +26,6 @@ TINY = {"growth_rate": 4, "block_config": (3, 2), "num_init_features": 8}
 CONNECTIONS = (3 * 4 // 2 + 4) + (2 * 3 // 2 + 3)  # layers + transition, layers + classifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add synchronisation (ruinous on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A DenseNet-BC trained for two epochs by `train` on 160 16×16 images of 4 classes."""
