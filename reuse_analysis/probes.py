@@ -365,7 +365,8 @@ class _Net:
 
     def pooled(self, out: Tensor, first: int = 0) -> Tensor:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
-        a = _bn_relu(self.norm5, out, first)
+        scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
+        a = _efficient_bn_relu(out, scale[:, None, None], shift[:, None, None])
         return F.adaptive_avg_pool2d(a, 1).flatten(1)
 
 
@@ -373,16 +374,14 @@ def _new_channels(layer: nn.Module) -> int:
     return (layer.conv2 if layer.bottleneck else layer.conv1).out_channels
 
 
-def _bn_relu(norm: nn.BatchNorm2d, x: Tensor, first: int) -> Tensor:
-    """ReLU of the (eval-mode) batch norm of channels ``first…`` of its input, given as ``x``."""
-    part = slice(first, first + x.shape[1])
-
-    def sliced(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[part]
-
-    stats = sliced(norm.running_mean), sliced(norm.running_var)
-    affine = sliced(norm.weight), sliced(norm.bias)
-    return F.relu(F.batch_norm(x, *stats, *affine, False, 0.0, norm.eps))
+def _sliced_scale_shift(norm: nn.BatchNorm2d, first: int, count: int) -> tuple[Tensor, Tensor]:
+    """The eval-mode batch norm of input channels ``first … first+count`` as ``x·scale + shift``."""
+    part = slice(first, first + count)
+    scale, shift, _ = _scale_shift(
+        norm.running_mean[part], norm.running_var[part], norm.eps,
+        norm.weight[part], norm.bias[part],
+    )  # fmt: skip
+    return scale, shift
 
 
 def _first_conv_rows(
@@ -397,12 +396,8 @@ def _first_conv_rows(
     ``[n·h·w, c]`` matrix ``rows``), as an ``[n·h·w, out]`` matrix; the bias goes with
     ``first == 0``. ``shape`` is ``(n, h, w)``; ``ws`` scratch for the 1×1 case."""
     c = rows.shape[1]
-    part = slice(first, first + c)
-    scale, shift, _ = _scale_shift(
-        norm.running_mean[part], norm.running_var[part], norm.eps,
-        norm.weight[part], norm.bias[part],
-    )  # fmt: skip
-    weight = conv.weight[:, part]
+    scale, shift = _sliced_scale_shift(norm, first, c)
+    weight = conv.weight[:, first : first + c]
     if weight.shape[2:] == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0):
         out = _bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
     else:
