@@ -111,7 +111,12 @@ def runnable_model(
 
         model = rebuild_model(checkpoint)
         if not isinstance(model, DenseNet):
-            raise ProbeError(f"{where}: data-driven metrics run DenseNets only")
+            raise ProbeError(
+                f"{where} holds a {checkpoint.arch}, not one of this toolkit's DenseNets; "
+                "the commands that run a model connection by connection (data-driven "
+                "metrics, agreement, prune) need one — heatmap and table with --metric "
+                "weight still work on it"
+            )
         return model.eval()
     config = config_from_structure(structure, where)
     model = DenseNet(config)

@@ -308,6 +308,33 @@ def test_data_driven_metric_on_a_model_it_cannot_run(tmp_path):
     assert not out.exists()
 
 
+def test_prune_on_a_zoo_model_says_what_it_needs(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x, y_train=np.arange(4) % 2, x_test=x, y_test=np.arange(4) % 2)
+    path = tmp_path / "d2l.pt"
+    train(
+        TrainConfig(
+            arch="d2l_densenet",
+            dataset=f"npz:{data}",
+            data_dir=str(tmp_path / "cache"),
+            epochs=1,
+            batch_size=4,
+            out=str(path),
+            device="cpu",
+            checkpoint_minutes=1e9,
+        )
+    )
+    out = tmp_path / "pruned.pt"
+    result = run("prune", path, "--metric", "weight", "--fraction", "0.5", "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "holds a d2l_densenet, not one of this toolkit's DenseNets" in result.stderr
+    assert "--metric weight still work" in result.stderr
+    assert not out.exists()
+
+
 def test_newest_first_is_refused_for_data_driven_metrics(trained):
     result = run("table", trained, "--metric", "taylor", "--concat-order", "newest-first")
     assert result.exit_code == 2 and "oldest-first" in result.stderr
