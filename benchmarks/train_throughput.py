@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -98,22 +97,11 @@ def _build(name: str):
     return model
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak so far is the best available baseline
-        return _maxrss_bytes()
-
-
-def _maxrss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
 def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
+
+    from reuse_analysis._memory import peak_rss_bytes, rss_bytes
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,7 +141,7 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_bytes()
+        base = rss_bytes()
     for _ in range(args.warmup):
         step()
     sync()
@@ -163,7 +151,7 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         step()
         sync()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _maxrss_bytes()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
     return {"variant": name, "step_s": times, "peak_bytes": peak - base}
 
 

@@ -207,18 +207,20 @@ def measure(spec: Mapping[str, Any], steps: int) -> dict[str, Any]:
     """
     import torch
 
+    from reuse_analysis._memory import peak_rss_bytes, rss_bytes
+
     bench = _Bench(spec)
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
         base = torch.cuda.memory_allocated(bench.device)
     else:
-        base = _rss_bytes()
+        base = rss_bytes()
     clock = time.perf_counter if bench.device.type == "cuda" else time.process_time
     train_s = _timed(bench.train_step, steps, clock)
     if bench.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(bench.device)
     else:
-        peak = _maxrss_bytes()
+        peak = peak_rss_bytes()
     infer_s = _timed(bench.infer_step, steps, clock)
     return {"train_s": train_s, "infer_s": infer_s, "peak_train_mb": max(peak - base, 0) / 2**20}
 
@@ -254,21 +256,6 @@ def summarize(rounds: Sequence[Mapping[str, Any]], batch: int) -> dict[str, floa
         "infer_img_s": batch / min(t for r in rounds for t in r["infer_s"]),
         "peak_train_mb": statistics.median(r["peak_train_mb"] for r in rounds),
     }
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak so far is the best baseline there is
-        return _maxrss_bytes()
-
-
-def _maxrss_bytes() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def _in_child(task: Mapping[str, Any], what: str) -> Any:
