@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -206,11 +205,13 @@ def main() -> None:
     ]
     import torch
 
+    from reuse_analysis.modelcard import hardware
+
     threads = args.threads or torch.get_num_threads()
     print(
         f"DenseNet-BC-100 training step, batch {args.batch_size}, 32×32×3, {args.device}"
         f"{' amp' if args.amp else ''}, {threads} threads, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}; {args.rounds} rounds × "
+        f"{hardware()}; {args.rounds} rounds × "
         f"({args.warmup} warm-up + {args.steps} timed steps) per variant",
         file=sys.stderr,
     )
