@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -46,3 +47,17 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically (UTF-8)."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+FIGURE_FORMATS = (".png", ".pdf", ".svg")
+
+
+def save_figure_atomic(fig: Any, target: str | os.PathLike[str], dpi: int = 150) -> None:
+    """Save a matplotlib figure to ``target`` atomically, in the format its extension names.
+
+    PNGs use a fast zlib level: the large flat areas of these figures compress well anyway.
+    """
+    fmt = Path(target).suffix[1:].lower()
+    extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt, **extra)

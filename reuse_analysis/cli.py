@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from reuse_analysis import __version__
+from reuse_analysis._io import FIGURE_FORMATS, save_figure_atomic
 from reuse_analysis.tables import METRICS
 
 CONCAT_HELP = (
@@ -27,7 +28,6 @@ CONCAT_HELP = (
     "most code); newest-first is torch.cat([new, old]) (e.g. kuangliu/pytorch-cifar). "
     "A weight file cannot tell which; every output states the order used."
 )
-HEATMAP_FORMATS = (".png", ".pdf", ".svg")
 DEFAULT_REPORTS = Path("reports")
 
 
@@ -218,6 +218,11 @@ def _measured(result: Any) -> str:
     return f"metric {a.get('metric', 'weight')}{on}"
 
 
+def _check_figure_path(output: Path) -> None:
+    if output.suffix.lower() not in FIGURE_FORMATS:
+        fail(f"cannot write {output}: use one of {', '.join(FIGURE_FORMATS)} as the extension")
+
+
 def _default_output(model: Path, suffix: str) -> Path:
     return DEFAULT_REPORTS / f"{model.stem}{suffix}"
 
@@ -300,25 +305,19 @@ def heatmap(
     """Draw the paper's Figure 5 for MODEL: one panel per dense block."""
     suffix = "-heatmap.png" if metric == "weight" else f"-{metric}-heatmap.png"
     output = output or _default_output(model, suffix)
-    if output.suffix.lower() not in HEATMAP_FORMATS:
-        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
+    _check_figure_path(output)
     import matplotlib
 
     if cmap not in matplotlib.colormaps:
         fail(f"unknown colour map {cmap!r}; try viridis, magma or jet")
 
-    from reuse_analysis._io import atomic_path
     from reuse_analysis.plotting import plot_reuse_heatmap
 
     result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
     fig = plot_reuse_heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
-    with atomic_path(output) as tmp:
-        fmt = output.suffix[1:].lower()
-        # Fast zlib level for PNG: the large flat areas compress well anyway.
-        extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
-        fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
+    save_figure_atomic(fig, output, dpi)
     order = result.table.attrs["concat_order"]
     _note(f"{result.structure.summary()}; concat order {order}; {_measured(result)}")
     _notes(result)
@@ -670,15 +669,13 @@ def agreement(
     rerun (or `report --agreement`) reuses them.
     """
     output = output or _default_output(model, "-agreement.png")
-    if output.suffix.lower() not in HEATMAP_FORMATS:
-        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
+    _check_figure_path(output)
     unknown = [m for m in metrics if m not in METRICS or m == "ablation"]
     if unknown:
         fail(
             f"--metrics: unknown or reference metric {', '.join(unknown)}; choose from "
             + ", ".join(m for m in METRICS if m != "ablation")
         )
-    from reuse_analysis._io import atomic_path
     from reuse_analysis.agreement import agreement_text
     from reuse_analysis.plotting import agreement_figure
 
@@ -689,8 +686,7 @@ def agreement(
         f"{a['dataset']})"
     )
     fig = agreement_figure(df, title=title)
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=150, format=output.suffix[1:].lower())
+    save_figure_atomic(fig, output)
     if as_json:
         payload = {
             "model": model.stem,
@@ -848,9 +844,8 @@ def prune(
 
 def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle):
     output = output or _default_output(model, "-prune-sweep.png")
-    if output.suffix.lower() not in HEATMAP_FORMATS:
-        fail(f"cannot write {output}: use one of {', '.join(HEATMAP_FORMATS)} as the extension")
-    from reuse_analysis._io import atomic_path, write_text_atomic
+    _check_figure_path(output)
+    from reuse_analysis._io import write_text_atomic
     from reuse_analysis.plotting import sweep_figure
     from reuse_analysis.prune import UNPRUNED, sweep
 
@@ -873,8 +868,7 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
         f"{a['probe_split']} images; scope {scope}; concat order oldest-first",
     )
     table = output.with_suffix(".csv")
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=150, format=output.suffix[1:].lower())
+    save_figure_atomic(fig, output)
     write_text_atomic(
         table, df.assign(test_images=a["test_images"]).to_csv(index=False, float_format="%.6g")
     )
@@ -1167,8 +1161,6 @@ def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
         output = DEFAULT_REPORTS / f"compare-{dataset}.md"
     if output.suffix.lower() not in (".md", ".csv"):
         fail(f"cannot write {output}: use .md or .csv as the extension")
-    import contextlib
-
     from reuse_analysis.compare import CompareConfig, write_outputs
     from reuse_analysis.compare import compare as run_compare
 

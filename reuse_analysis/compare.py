@@ -481,7 +481,7 @@ def to_csv(df: pd.DataFrame) -> str:
 
 def write_outputs(df: pd.DataFrame, output: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write the table (.csv or .md, by extension) and the figure beside it (.png)."""
-    from reuse_analysis._io import atomic_path, write_text_atomic
+    from reuse_analysis._io import save_figure_atomic, write_text_atomic
     from reuse_analysis.plotting import plot_compare
 
     output = Path(output)
@@ -490,8 +490,7 @@ def write_outputs(df: pd.DataFrame, output: str | os.PathLike[str]) -> tuple[Pat
         raise CompareError(f"cannot write {output}: use .csv or .md as the extension")
     figure = output.with_suffix(".png")
     fig = plot_compare(df, title=_figure_title(df))
-    with atomic_path(figure) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    save_figure_atomic(fig, figure, dpi=120)
     write_text_atomic(output, to_csv(df) if suffix == ".csv" else to_markdown(df))
     return output, figure
 
