@@ -870,7 +870,10 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
     table = output.with_suffix(".csv")
     save_figure_atomic(fig, output)
     write_text_atomic(
-        table, df.assign(test_images=a["test_images"]).to_csv(index=False, float_format="%.6g")
+        table,
+        df.assign(test_images=a["test_images"], scope=scope).to_csv(
+            index=False, float_format="%.6g"
+        ),
     )
     if as_json:
         payload = {"model": model.stem, "scope": scope, **{k: a[k] for k in a if k != "model"}}

@@ -568,4 +568,8 @@ def read_sweep(path: str) -> pd.DataFrame:
     df.attrs.update(model=Path(path).stem, test_images=None)
     if "test_images" in df.columns and len(base):
         df.attrs["test_images"] = int(base["test_images"].iloc[0])
+    scopes = set(df["scope"].dropna()) if "scope" in df.columns else {"column"}
+    if len(scopes) != 1 or not scopes <= set(SCOPES):
+        raise PruneError(f"{path}: the sweep's scope column must hold one of {', '.join(SCOPES)}")
+    df.attrs["scope"] = scopes.pop()
     return df

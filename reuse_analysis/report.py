@@ -315,6 +315,13 @@ def agreement_page(m: ModelReport) -> Figure:
     return fig
 
 
+_SWEEP_SCOPES = {
+    "column": "Each target column keeps its strongest ⌈(1−F)·n⌉ sources by the metric; the others",
+    "global": "The strongest ⌈(1−F)·N⌉ of all N connections by the metric's raw value are kept "
+    "(at least one per target column); the others",
+}
+
+
 def sweep_page(m: ModelReport) -> Figure:
     """Accuracy after cutting the weakest F of the connections by each metric."""
     from reuse_analysis.prune import UNPRUNED
@@ -327,8 +334,8 @@ def sweep_page(m: ModelReport) -> Figure:
     baseline = float(base.accuracy.iloc[0]) if len(base) else None
     a = df.attrs
     lines = [
-        "Each target column keeps its strongest ⌈(1−F)·n⌉ sources by the metric and the "
-        "others are cut (their weight slices zeroed); accuracy without fine-tuning"
+        _SWEEP_SCOPES[a.get("scope", "column")]
+        + " are cut (their weight slices zeroed); accuracy without fine-tuning"
         + (f" on {a['test_images']} test images" if a.get("test_images") else "")
         + (f"; unpruned: {100 * baseline:.2f} %" if baseline is not None else "")
         + (

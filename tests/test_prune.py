@@ -261,13 +261,14 @@ def test_agreement_command_and_report_pages(tmp_path, trained):
 
     sweep = tmp_path / "s.png"
     assert run("prune", trained, "--sweep", "--metrics", "weight", "--fractions", "0.5",
-               "-o", sweep, *data).exit_code == 0  # fmt: skip
+               "--scope", "global", "-o", sweep, *data).exit_code == 0  # fmt: skip
     pdf = tmp_path / "r.pdf"
     result = run("report", trained, "-o", pdf, "--agreement", "--sweep", tmp_path / "s.csv", *data)
     assert result.exit_code == 0, result.output
-    pages = [p.extract_text() for p in pypdf.PdfReader(pdf).pages]
+    pages = [" ".join(p.extract_text().split()) for p in pypdf.PdfReader(pdf).pages]
     assert any("Which metric finds the connections that matter?" in p for p in pages)
-    assert any("Pruning sweep" in p and "unpruned" in p for p in pages)
+    [page] = [p for p in pages if "Pruning sweep" in p]
+    assert "unpruned" in page and "of all N connections by the metric's raw value" in page
 
 
 # ----------------------------------------------------------------------------- metrics in the CLI
