@@ -45,7 +45,8 @@ from torch import fx, nn
 
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
 from reuse_analysis.errors import ReuseAnalysisError, StructureError
-from reuse_analysis.metrics import COLUMNS, channel_usage, column_minmax
+from reuse_analysis.metrics import channel_usage
+from reuse_analysis.tables import build_table
 
 DEFAULT_INPUT_SIZE = 32
 
@@ -691,22 +692,19 @@ def traced_table(model: nn.Module, structure: TracedStructure) -> pd.DataFrame:
                 rows.append(
                     (group.index, source, target.index, target.kind, float(channels.mean()))
                 )
-    df = pd.DataFrame(rows, columns=COLUMNS[:-1])
-    df["normalized"] = column_minmax(
-        df["mean_abs_weight"], df["block"].astype(str) + "/" + df["target"].astype(str)
-    )
-    df = df.astype({"block": "int64", "source": "int64", "target": "int64"})
     order = structure.concat_order
-    df.attrs.update(
+    return build_table(
+        rows,
+        "weight",
         concat_order=f"{order} (traced)" if order != "n/a" else "traced",
-        metric="weight",
         structure=structure.summary(),
-        layout={g.index: g.layout for g in structure.groups},
-        source_labels={g.index: [s.label for s in g.sources] for g in structure.groups},
-        target_labels={g.index: [t.label for t in g.targets] for g in structure.groups},
-        block_titles={g.index: g.title for g in structure.groups},
+        attrs={
+            "layout": {g.index: g.layout for g in structure.groups},
+            "source_labels": {g.index: [s.label for s in g.sources] for g in structure.groups},
+            "target_labels": {g.index: [t.label for t in g.targets] for g in structure.groups},
+            "block_titles": {g.index: g.title for g in structure.groups},
+        },
     )
-    return df
 
 
 # ----------------------------------------------------------------------------- from files
