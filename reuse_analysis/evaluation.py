@@ -51,8 +51,31 @@ def check_model_fits_data(
         built_for, has = mismatch
         raise ReuseAnalysisError(
             f"{path} was built for {built_for} but {name} has {has}; "
-            "evaluate it on the data set it was trained on (the default)"
+            "use the data set it was trained on (the default)"
         )
+
+
+def recorded_data(
+    path: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    dataset: str | None,
+    data_dir: str | os.PathLike[str],
+    config: Mapping[str, Any] | None = None,
+) -> Any:
+    """The data set named (default: the one the checkpoint records), standardised with the
+    statistics the model was trained with when the checkpoint records them, and checked
+    against the model's input channels and classes (``config``)."""
+    recorded = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    name = dataset or recorded.get("name")
+    if name is None:
+        raise ReuseAnalysisError(f"{path} records no data set; pass --dataset NAME")
+    ds = load_dataset(name, data_dir)
+    if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
+        # The model was trained on inputs standardised with these statistics.
+        ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
+    if config is not None:
+        check_model_fits_data(path, config, name, ds)
+    return ds
 
 
 def evaluate_checkpoint(
@@ -68,18 +91,16 @@ def evaluate_checkpoint(
     """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one."""
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
-    recorded = ckpt.meta.get("dataset", {})
-    name = dataset or recorded.get("name")
-    if name is None:
-        raise ReuseAnalysisError(f"{path} records no data set; pass --dataset NAME")
-    ds = load_dataset(name, data_dir)
-    if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
-        # The model was trained on inputs standardised with these statistics.
-        ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
+    ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config)
     if ds.test is None:
-        raise ReuseAnalysisError(f"{name}: no in-memory test split to evaluate on")
-    check_model_fits_data(path, ckpt.config, name, ds)
+        raise ReuseAnalysisError(f"{ds.name}: no in-memory test split to evaluate on")
     test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)
-    return {"model": str(path), "dataset": name, "images": len(test), "accuracy": acc, "loss": loss}
+    return {
+        "model": str(path),
+        "dataset": ds.name,
+        "images": len(test),
+        "accuracy": acc,
+        "loss": loss,
+    }

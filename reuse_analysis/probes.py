@@ -179,25 +179,17 @@ def state_hash(state_dict: Mapping[str, Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------- the images
-def load_data(meta: Mapping[str, Any], dataset: str | None, data_dir: str) -> Any:
-    """The data set named (default: the one the checkpoint records), standardised with the
-    statistics the model was trained with when the checkpoint records them."""
-    from reuse_analysis.data import load_dataset
+def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: str) -> Any:
+    """The data set the model runs on (default: the one the checkpoint records), with the
+    training statistics, checked against the model's input channels and classes."""
+    from reuse_analysis.evaluation import recorded_data
 
-    recorded = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
-    name = dataset or recorded.get("name")
-    if name is None:
-        raise ProbeError(
-            "the checkpoint records no data set; pass --dataset NAME (the images the "
-            "data-driven metrics run on)"
-        )
-    ds = load_dataset(name, data_dir)
-    if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
-        ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
-    return ds
+    where = str(checkpoint.path) if checkpoint is not None else "the model"
+    meta = checkpoint.meta if checkpoint is not None else {}
+    return recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
 
 
-def probe_images(ds: Any, split: str, images: int, model: nn.Module) -> tuple[Tensor, Tensor]:
+def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
     """A fixed random subset of ``images`` images of a split, standardised, no augmentation."""
     from reuse_analysis.train import eval_subset
 
@@ -206,17 +198,6 @@ def probe_images(ds: Any, split: str, images: int, model: nn.Module) -> tuple[Te
     data = ds.train if split == "train" else ds.test
     if data is None or len(data) == 0:
         raise ProbeError(f"{ds.name} has no {split} split to run the model on")
-    config = model.config
-    if ds.in_channels != config.in_channels:
-        raise ProbeError(
-            f"{ds.name} has {ds.in_channels}-channel images but the model reads "
-            f"{config.in_channels} channels; pass the --dataset the model was trained on"
-        )
-    if int(data.labels.max()) >= config.num_classes:
-        raise ProbeError(
-            f"{ds.name} has labels up to {int(data.labels.max())} but the model has "
-            f"{config.num_classes} classes; pass the --dataset the model was trained on"
-        )
     subset = eval_subset(data, images)
     x = subset.batch(torch.arange(len(subset)), ds.mean, ds.std)
     return x, subset.labels.clone()
@@ -759,9 +740,8 @@ def probe_inputs(
     if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
         raise ProbeError("--images, --batch-size and the chunk size must be positive")
     model = runnable_model(state_dict, structure, checkpoint)
-    meta = checkpoint.meta if checkpoint is not None else {}
-    ds = load_data(meta, settings.dataset, settings.data_dir)
-    x, y = probe_images(ds, settings.split, settings.images, model)
+    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    x, y = probe_images(ds, settings.split, settings.images)
     model.to(pick_device(settings.device))
     data_key = {
         "dataset": ds.name,

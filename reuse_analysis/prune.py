@@ -358,7 +358,7 @@ def prune_checkpoint(
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     model = runnable_model(state_dict, structure, ckpt)
     meta = ckpt.meta if ckpt is not None else {}
-    ds = load_data(meta, settings.dataset, settings.data_dir)
+    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
     device = pick_device(settings.device)
     model.to(device)
     table = connection_values(metric, state_dict, structure, ckpt, settings)
@@ -484,7 +484,7 @@ def sweep(
         check_request(f, scope)
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     model = runnable_model(state_dict, structure, ckpt)
-    ds = load_data(ckpt.meta if ckpt else {}, settings.dataset, settings.data_dir)
+    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
     device = pick_device(settings.device)
     model.to(device)
     evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())

@@ -336,6 +336,22 @@ def test_prune_on_a_zoo_model_says_what_it_needs(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["prune", "table"])
+def test_a_data_set_the_model_cannot_take_is_an_error_line(tmp_path, trained, command):
+    gray = tmp_path / "gray.npz"
+    x = np.zeros((4, 16, 16), dtype=np.uint8)
+    np.savez(gray, x_train=x, y_train=np.arange(4) % 2, x_test=x, y_test=np.arange(4) % 2)
+    out = tmp_path / ("p.pt" if command == "prune" else "t.csv")
+    args = ["--metric", "weight", "--fraction", "0.5"] if command == "prune" else []
+    args += ["--metric", "activation"] if command == "table" else []
+    data = ["--dataset", f"npz:{gray}", "--data-dir", tmp_path / "data"]
+    result = run(command, trained, *args, *data, "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "was built for 3-channel images" in result.stderr and "1-channel" in result.stderr
+    assert not out.exists()
+
+
 def test_newest_first_is_refused_for_data_driven_metrics(trained):
     result = run("table", trained, "--metric", "taylor", "--concat-order", "newest-first")
     assert result.exit_code == 2 and "oldest-first" in result.stderr
