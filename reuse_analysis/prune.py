@@ -257,6 +257,15 @@ def _evaluator(
 
 
 # ----------------------------------------------------------------------------- fine-tuning
+def check_finetunable(checkpoint: Any) -> None:
+    """Raise PruneError unless the checkpoint records what training needs."""
+    if checkpoint is None or checkpoint.arch is None or checkpoint.config is None:
+        raise PruneError(
+            "fine-tuning needs a checkpoint written by `reuse-analysis train` (it records "
+            "the architecture and training set); prune without --finetune-epochs instead"
+        )
+
+
 def finetune(
     checkpoint: Any,
     state_dict: Mapping[str, torch.Tensor],
@@ -282,11 +291,7 @@ def finetune(
     from reuse_analysis.checkpoint import load_checkpoint
     from reuse_analysis.train import TrainConfig, train
 
-    if checkpoint is None or checkpoint.arch is None or checkpoint.config is None:
-        raise PruneError(
-            "fine-tuning needs a checkpoint written by `reuse-analysis train` (it records "
-            "the architecture and training set); prune without --finetune-epochs instead"
-        )
+    check_finetunable(checkpoint)
     trained = checkpoint.meta.get("train_config", {})
     cfg = TrainConfig(
         arch=checkpoint.arch,
@@ -356,6 +361,8 @@ def prune_checkpoint(
 
     settings = settings or ProbeSettings()
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
+    if finetune_epochs > 0:
+        check_finetunable(ckpt)
     model = runnable_model(state_dict, structure, ckpt)
     meta = ckpt.meta if ckpt is not None else {}
     ds = load_data(model, ckpt, settings.dataset, settings.data_dir)

@@ -352,6 +352,24 @@ def test_a_data_set_the_model_cannot_take_is_an_error_line(tmp_path, trained, co
     assert not out.exists()
 
 
+def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, trained, monkeypatch):
+    import reuse_analysis.train as train_module
+
+    raw = tmp_path / "raw.pt"
+    torch.save(load_checkpoint(trained).state_dict, raw)  # no arch, config or data set
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("evaluated before refusing")
+
+    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    out = tmp_path / "p.pt"
+    data = ["--data-dir", tmp_path / "data"]
+    result = run("prune", raw, "--fraction", "0.5", "--finetune-epochs", "1", *data, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: fine-tuning needs a checkpoint written by")
+    assert not out.exists()
+
+
 def test_newest_first_is_refused_for_data_driven_metrics(trained):
     result = run("table", trained, "--metric", "taylor", "--concat-order", "newest-first")
     assert result.exit_code == 2 and "oldest-first" in result.stderr
