@@ -63,25 +63,10 @@ def agreement_table(
         merged = table[keys].assign(value=table[value_column(table)].to_numpy()).merge(ref, on=keys)
         if len(merged) != len(ref) or len(merged) != len(table):
             raise ValueError(f"the {metric} and {reference} tables cover different connections")
-        for block, g in merged.groupby("block"):
-            rows.append(
-                (
-                    int(block),
-                    metric,
-                    spearman(g["value"], g["reference"]),
-                    _within_columns(g),
-                    len(g),
-                )
-            )
-        rows.append(
-            (
-                "all",
-                metric,
-                spearman(merged["value"], merged["reference"]),
-                _within_columns(merged),
-                len(merged),
-            )
-        )
+        groups = [(int(b), g) for b, g in merged.groupby("block")] + [("all", merged)]
+        for block, g in groups:
+            rho = spearman(g["value"], g["reference"])
+            rows.append((block, metric, rho, _within_columns(g), len(g)))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
