@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reuse_analysis.checkpoint import load_checkpoint
-from reuse_analysis.data import load_dataset
+from reuse_analysis.data import DataError, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.train import eval_subset, evaluate, pick_device
 
@@ -69,7 +69,14 @@ def recorded_data(
     name = dataset or recorded.get("name")
     if name is None:
         raise ReuseAnalysisError(f"{path} records no data set; pass --dataset NAME")
-    ds = load_dataset(name, data_dir)
+    try:
+        ds = load_dataset(name, data_dir)
+    except DataError as exc:
+        if dataset is not None:
+            raise
+        raise DataError(
+            f"{exc} (the data set recorded in {path}); pass --dataset NAME where it is"
+        ) from None
     if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
         # The model was trained on inputs standardised with these statistics.
         ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])

@@ -370,6 +370,26 @@ def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, tra
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "agreement"])
+def test_a_recorded_data_set_that_is_gone_asks_for_dataset(tmp_path, command):
+    x = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    data = tmp_path / "gone.npz"
+    np.savez(data, x_train=x, y_train=np.arange(4) % 2, x_test=x, y_test=np.arange(4) % 2)
+    model = tmp_path / "m.pt"
+    train(
+        TrainConfig(
+            arch="densenet_bc_100", dataset=f"npz:{data}", data_dir=str(tmp_path / "cache"),
+            epochs=1, batch_size=4, out=str(model), device="cpu", model_overrides=TINY,
+            checkpoint_minutes=1e9,
+        )
+    )  # fmt: skip
+    data.unlink()
+    result = run(command, model, "--data-dir", tmp_path / "cache")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert f"(the data set recorded in {model}); pass --dataset NAME" in result.stderr
+
+
 def test_newest_first_is_refused_for_data_driven_metrics(trained):
     result = run("table", trained, "--metric", "taylor", "--concat-order", "newest-first")
     assert result.exit_code == 2 and "oldest-first" in result.stderr
