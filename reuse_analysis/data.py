@@ -161,8 +161,11 @@ def _from_nhwc(x: np.ndarray, y: np.ndarray) -> ImageData:
 
 
 def _stats(train: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (÷255) of the training images; a channel that never varies
+    gets the std of one grey level, so that standardising it stays finite."""
     x = train.images[:: max(1, len(train) // 10000)].to(torch.float64) / 255
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+    std = x.std(dim=(0, 2, 3)).nan_to_num(0.0).clamp(min=1 / 255)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
 
 
 def _dataset(name: str, train: ImageData, test: ImageData, classes: list[str]) -> DataSet:

@@ -30,6 +30,17 @@ def _write_folder(root: Path, classes=("cat", "dog", "emu"), per_class=4, size=8
     return root
 
 
+def test_a_channel_that_never_varies_standardises_to_finite_values(tmp_path):
+    x = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 2), dtype=np.uint8)
+    x[..., 1] = 7  # the second channel is constant
+    path = tmp_path / "flat.npz"
+    np.savez(path, x_train=x, y_train=np.arange(6) % 2, x_test=x, y_test=np.arange(6) % 2)
+    ds = load_dataset(f"npz:{path}", tmp_path)
+    assert ds.std[1] == pytest.approx(1 / 255) and ds.std[0] > 0.1
+    batch = ds.train.batch(torch.arange(6), ds.mean, ds.std)
+    assert torch.isfinite(batch).all() and torch.equal(batch[:, 1], torch.zeros_like(batch[:, 1]))
+
+
 def test_npz_round_trip(tmp_path):
     x = np.random.default_rng(0).integers(0, 255, (10, 6, 6, 1), dtype=np.uint8)
     y = np.arange(10) % 2
