@@ -363,6 +363,24 @@ def save_checkpoint(
     return path
 
 
+def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole dict of a training state written by :func:`save_checkpoint` (weights,
+    optimizer, RNG, position), loaded with ``weights_only`` onto the CPU."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged state: say which file and how to go on
+        raise CheckpointError(
+            f"{path} is not a readable training state ({type(exc).__name__}); "
+            "restore it from version control or start the run without --resume"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_TAG or "position" not in obj:
+        raise CheckpointError(
+            f"{path} is not a reuse-analysis training state; start the run without --resume"
+        )
+    return obj
+
+
 def count_parameters(state_dict: Mapping[str, torch.Tensor]) -> int:
     """Number of learnable values: every tensor except batch-norm running statistics."""
     skip = ("running_mean", "running_var", "num_batches_tracked")
@@ -385,6 +403,7 @@ __all__ = [
     "count_parameters",
     "human_count",
     "load_checkpoint",
+    "load_training_state",
     "save_checkpoint",
     "strip_wrapper_prefixes",
     "upgrade_legacy_keys",

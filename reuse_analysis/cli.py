@@ -955,7 +955,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH or imagefolder:PATH.",
 )
 @data_dir_option()
-@click.option("--epochs", type=click.IntRange(1), default=300, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Epochs to train (the paper: 300 on CIFAR, 40 on SVHN).",
+)
 @click.option(
     "--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Per process."
 )
@@ -964,7 +970,23 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     type=click.FloatRange(min=0, min_open=True),
     default=0.1,
     show_default=True,
-    help="Initial learning rate; divided by 10 at 50 % and 75 % of the epochs.",
+    help="Learning rate per batch of 64: the initial one of --schedule paper, the peak of "
+    "onecycle and cosine.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["paper", "onecycle", "cosine"]),
+    default="paper",
+    show_default=True,
+    help="paper: lr ÷10 at 50 % and 75 % of the epochs; cosine: half a cosine to 0 per "
+    "step; onecycle: linear warm-up from lr/25 over 15 % of the steps, then cosine to 0.",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Cross-entropy label smoothing (0.1 helps short schedules).",
 )
 @click.option(
     "--augment/--no-augment",

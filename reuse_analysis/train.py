@@ -7,7 +7,8 @@ as one that never stopped (on the CPU; GPU kernels may not be bitwise determinis
 
 Files written next to ``out`` (all atomically, by rank 0 only):
 ``out``             weights + config + data set + metrics history (what analysis needs)
-``out.train.pt``    the above + optimizer, scheduler, RNG and position (for ``resume``)
+``out.train.pt``    the above + optimizer, RNG and position (for ``resume``)
+``out.reuse.csv``   DenseNets: the weight reuse table after every epoch (0 = initialisation)
 ``out.log.csv``     one row per epoch
 """
 
@@ -29,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reuse_analysis._io import atomic_path
-from reuse_analysis.checkpoint import FORMAT_TAG, save_checkpoint
+from reuse_analysis.checkpoint import load_training_state, save_checkpoint
 from reuse_analysis.data import DataSet, FolderData, ImageData, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
 
@@ -57,7 +57,9 @@ class TrainConfig:
     data_dir: str = "data"
     epochs: int = 300  # paper: 300 on CIFAR, 40 on SVHN
     batch_size: int = 64  # per process
-    lr: float = 0.1  # divided by 10 at 50 % and 75 % of the epochs
+    lr: float = 0.1  # initial (paper) or peak (onecycle, cosine) learning rate, per batch of 64
+    schedule: str = "paper"  # paper | onecycle | cosine: see learning_rate()
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (helps short schedules)
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 1e-4
     augment: bool = True  # random crop (4-pixel zero padding) + horizontal flip
@@ -75,6 +77,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # mid-epoch checkpoints this often (long CPU epochs)
     eval_batch_size: int = 256
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    reuse_log: bool = True  # DenseNets: record the reuse table after every epoch (.reuse.csv)
 
     def effective_drop_rate(self) -> float:
         if self.drop_rate is not None:
@@ -265,87 +268,387 @@ class _State:
     loss_sum: float = 0.0
     correct: int = 0
     seconds: float = 0.0
+    #: DenseNets: the weight reuse table after each completed epoch (0 = initialisation),
+    #: as ``{"epoch": e, "mean_abs_weight": [...]}`` in the table's row order.
+    reuse: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _payload(model, cfg, model_config, ds, state, test_acc) -> dict[str, Any]:
-    return {
-        "arch": cfg.arch,
-        "config": model_config,
-        "dataset": ds.describe(),
-        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items()},
-        "epoch": state.epoch,
-        "test_acc": test_acc,
-        "history": state.history,
-    }
+@dataclass
+class _Run:
+    """What one training run holds while it runs (the arguments every save needs)."""
+
+    cfg: TrainConfig
+    ds: DataSet
+    model: nn.Module
+    model_config: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    device: torch.device
+    dist: _Dist
+    state: _State = field(default_factory=_State)
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return _paths(self.cfg.out)
+
+    def payload(self, test_acc: float | None) -> dict[str, Any]:
+        return {
+            "arch": self.cfg.arch,
+            "config": self.model_config,
+            "dataset": self.ds.describe(),
+            "train_config": dataclasses.asdict(self.cfg),
+            "epoch": self.state.epoch,
+            "test_acc": test_acc,
+            "history": self.state.history,
+        }
+
+    def save_state(self) -> None:
+        """The resumable state (weights, optimizer, RNG, position), written atomically."""
+        payload = {
+            **self.payload(None),
+            "state_dict": _cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "cuda": _cuda_rng()},
+            "position": dataclasses.asdict(self.state),
+        }
+        save_checkpoint(self.paths[1], payload.pop("state_dict"), **payload)
+
+    def save_model(self, path: Path, test_acc: float | None) -> None:
+        save_checkpoint(path, _cpu_state(self.model), **self.payload(test_acc))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _save_training_state(path, model, optimizer, scheduler, scaler, cfg, model_config, ds, state):
-    payload = {
-        "format": FORMAT_TAG,
-        **_payload(model, cfg, model_config, ds, state, None),
-        "state_dict": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "cuda": _cuda_rng()},
-        "position": dataclasses.asdict(state),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
 
 
 def _cuda_rng() -> list[torch.Tensor]:
     return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
 
 
-def _save_model(path, model, cfg, model_config, ds, state, test_acc) -> None:
-    meta = _payload(model, cfg, model_config, ds, state, test_acc)
-    save_checkpoint(path, _unwrap(model).state_dict(), **meta)
+#: Settings a resumed run must share with the run that saved the state.
+_RESUME_KEYS = (
+    "arch",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "augment",
+    "schedule",
+    "label_smoothing",
+    "weight_decay",
+    "limit_train",
+)
+#: Defaults of keys that states written before they existed were trained with.
+_RESUME_DEFAULTS = {"schedule": "paper", "label_smoothing": 0.0}
 
 
 def _load_training_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
         raise TrainingError(f"--resume: no training state at {path}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state.get("train_config", {})
-    for key in ("arch", "dataset", "epochs", "batch_size", "lr", "seed", "augment"):
-        if key in saved and saved[key] != getattr(cfg, key):
+    meta = load_training_state(path)
+    trained = {**_RESUME_DEFAULTS, **meta.get("train_config", {})}
+    for key in _RESUME_KEYS:
+        if key in trained and trained[key] != getattr(cfg, key):
             raise TrainingError(
-                f"--resume: {path} was trained with {key}={saved[key]!r}, not "
+                f"--resume: {path} was trained with {key}={trained[key]!r}, not "
                 f"{getattr(cfg, key)!r}; use the same settings or a new --out"
             )
-    return state
+    return meta
 
 
-def _append_log(path: Path, row: dict[str, float]) -> None:
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < row["epoch"]]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([*rows, row])
+def _append_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], epoch: int) -> None:
+    """Rewrite ``path`` with its rows of earlier epochs and then ``rows`` (idempotent on
+    resume: an epoch that is logged again replaces its old rows)."""
     from reuse_analysis._io import write_text_atomic
 
+    kept = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epoch]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([*kept, *rows])
     write_text_atomic(path, buf.getvalue())
 
 
+def _append_log(path: Path, row: dict[str, float]) -> None:
+    _append_csv(path, LOG_COLUMNS, [row], int(row["epoch"]))
+
+
+REUSE_COLUMNS = ["epoch", "block", "source", "target", "target_kind", "mean_abs_weight"]
+
+
+def reuse_log_path(out: str | os.PathLike[str]) -> Path:
+    """Where a run writes the reuse table of every epoch (``NAME.reuse.csv``)."""
+    return Path(out).with_suffix("").with_suffix(".reuse.csv")
+
+
+def _record_reuse(run: _Run, epoch: int) -> None:
+    """Add the weight reuse table after ``epoch`` completed epochs to the state and CSV.
+
+    Snapshots of every epoch would take megabytes each; the table is what the question
+    "when does the paper's pattern appear during training?" needs, in a few kilobytes.
+    """
+    from reuse_analysis.metrics import reuse_table
+    from reuse_analysis.structure import infer_structure
+
+    sd = _cpu_state(run.model)
+    table = reuse_table(sd, infer_structure(sd), "oldest-first", "weight")
+    values = [float(v) for v in table["mean_abs_weight"]]
+    run.state.reuse = [r for r in run.state.reuse if r["epoch"] < epoch]
+    run.state.reuse.append({"epoch": epoch, "mean_abs_weight": values})
+    rows = [
+        {**{k: row[k] for k in REUSE_COLUMNS[1:-1]}, "epoch": epoch, "mean_abs_weight": v}
+        for row, v in zip(table.to_dict("records"), values, strict=True)
+    ]
+    _append_csv(reuse_log_path(run.cfg.out), REUSE_COLUMNS, rows, epoch)
+
+
+class _StopRequested:
+    """SIGINT/SIGTERM turned into a flag, honoured between steps.
+
+    Raising inside a step would leave that batch's batch-norm update in the weights while
+    the step counter says it never ran; the resumed run would then run it twice.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequested:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def check(self) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+
+
 # ----------------------------------------------------------------------------- the run
-def _optimizer(model: nn.Module, cfg: TrainConfig, steps_epochs: int):
-    opt = torch.optim.SGD(
+SCHEDULES = ("paper", "onecycle", "cosine")
+#: onecycle: the share of all steps spent warming up from lr/25 to lr.
+ONECYCLE_WARMUP = 0.15
+
+
+def learning_rate(
+    schedule: str, peak: float, epochs: int, epoch: int, step: int, steps_per_epoch: int
+) -> float:
+    """The learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based).
+
+    A pure function of the position, so a resumed run needs no scheduler state.
+
+    * ``paper``: ``peak`` divided by 10 at 50 % and 75 % of the epochs (Huang et al. §4.2),
+      constant within an epoch;
+    * ``cosine``: half a cosine from ``peak`` to 0 over all steps;
+    * ``onecycle``: linear warm-up from ``peak/25`` to ``peak`` over the first 15 % of the
+      steps, then half a cosine to 0 (Smith & Topin's one-cycle policy, which reaches a
+      long schedule's accuracy in a fraction of its epochs).
+    """
+    if schedule == "paper":
+        drops = sum(epoch >= math.ceil(f * epochs) for f in (0.5, 0.75))
+        return peak * 0.1**drops
+    total = max(epochs * steps_per_epoch, 1)
+    done = epoch * steps_per_epoch + step
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * done / total))
+    if schedule == "onecycle":
+        warm = max(round(ONECYCLE_WARMUP * total), 1)
+        if done < warm:
+            return peak * (1 / 25 + (1 - 1 / 25) * done / warm)
+        return peak * 0.5 * (1 + math.cos(math.pi * (done - warm) / max(total - warm, 1)))
+    raise TrainingError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=True,
         weight_decay=cfg.weight_decay,
     )
-    milestones = [math.ceil(0.5 * steps_epochs), math.ceil(0.75 * steps_epochs)]
-    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+def _start(cfg: TrainConfig, init: Callable[[nn.Module], None] | None) -> tuple[_Run, Split, Split]:
+    """Data, model, optimizer and (with ``cfg.resume``) the saved position."""
+    device = pick_device(cfg.device)
+    dist = _init_distributed(device)
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    train_data = _subset(ds.train, cfg.limit_train, cfg.seed)
+    test_data = eval_subset(ds.test, cfg.limit_test)
+    if cfg.schedule not in SCHEDULES:
+        raise TrainingError(f"unknown schedule {cfg.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    torch.manual_seed(cfg.seed)
+    model, model_config = build_model(cfg, ds)
+    if init is not None:
+        init(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    run = _Run(cfg, ds, model, model_config, optimizer, scaler, device, dist)
+    if cfg.resume:
+        saved = _load_training_state(run.paths[1], cfg)
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        run.state = _State(**saved["position"])
+        if dist.main:
+            _note(f"resuming {cfg.out} at epoch {run.state.epoch + 1}, step {run.state.step}")
+    elif dist.main and cfg.reuse_log and _is_densenet(cfg.arch):
+        _record_reuse(run, 0)
+    if dist.world > 1:
+        run.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return run, train_data, test_data
+
+
+def _is_densenet(arch: str) -> bool:
+    from reuse_analysis.models import is_densenet
+
+    return is_densenet(arch)
+
+
+def _step(run: _Run, train_data: Split, epoch: int, step: int, batch: list[int], lr: float):
+    """One optimizer step on ``batch``; returns the loss and the logits."""
+    cfg, device = run.cfg, run.device
+    seed = _step_seed(cfg.seed, epoch, step, run.dist.rank)
+    torch.manual_seed(seed)
+    idx = torch.tensor(batch)
+    generator = torch.Generator().manual_seed(seed)
+    x = train_data.batch(idx, run.ds.mean, run.ds.std, augment=cfg.augment, generator=generator)
+    x = _to_device(x, device, cfg.channels_last)
+    y = train_data.labels[idx].to(device)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(device, cfg.amp):
+        logits = run.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        run.optimizer.step()
+    return loss, logits, y
+
+
+def _train_epoch(run, train_data, epoch, stop, on_step) -> None:
+    """The remaining steps of ``epoch``, saving the state every few minutes and on a stop."""
+    from tqdm import tqdm
+
+    cfg, state = run.cfg, run.state
+    batches = _batches(_epoch_indices(len(train_data), epoch, cfg, run.dist), cfg.batch_size)
+    run.model.train()
+    started = time.monotonic() - state.seconds
+    last_save = time.monotonic()
+    bar = tqdm(
+        total=len(batches),
+        initial=state.step,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=not run.dist.main,
+        dynamic_ncols=True,
+    )
+    try:
+        for step in range(state.step, len(batches)):
+            lr = learning_rate(cfg.schedule, cfg.lr, cfg.epochs, epoch, step, len(batches))
+            loss, logits, y = _step(run, train_data, epoch, step, batches[step], lr)
+            state.step = step + 1
+            state.seen += len(y)
+            state.loss_sum += loss.item() * len(y)
+            state.correct += (logits.argmax(1) == y).sum().item()
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{state.loss_sum / state.seen:.3f}",
+                acc=f"{state.correct / state.seen:.3f}",
+                lr=f"{lr:.3g}",
+            )
+            if on_step is not None:
+                on_step(epoch, step)
+            stop.check()
+            if run.dist.main and time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                state.seconds = time.monotonic() - started
+                run.save_state()
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        bar.close()
+        if run.dist.main:
+            state.seconds = time.monotonic() - started
+            run.save_state()
+            _note(
+                f"interrupted at epoch {epoch + 1}, step {state.step}; "
+                f"saved {run.paths[1]}: rerun the same command with --resume to continue"
+            )
+        raise
+    bar.close()
+    state.seconds = time.monotonic() - started
+
+
+def _end_epoch(run: _Run, test_data: Split, epoch: int, lr: float) -> float:
+    """Evaluate, log, record the reuse table and save model and state; returns accuracy."""
+    cfg, state, dist = run.cfg, run.state, run.dist
+    test_loss, test_acc = evaluate(
+        _unwrap(run.model),
+        test_data,
+        run.ds,
+        run.device,
+        batch_size=cfg.eval_batch_size,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+    )
+    train_loss, train_acc = state.loss_sum / state.seen, state.correct / state.seen
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": round(train_loss, 6),
+        "train_acc": round(train_acc, 6),
+        "test_loss": round(test_loss, 6),
+        "test_acc": round(test_acc, 6),
+        "seconds": round(state.seconds, 2),
+        "images_per_s": round(state.seen * dist.world / max(state.seconds, 1e-9), 2),
+    }
+    run.state = _State(epoch=epoch + 1, history=[*state.history, row], reuse=state.reuse)
+    if cfg.reuse_log and _is_densenet(cfg.arch):
+        _record_reuse(run, epoch + 1)
+    model_path, _, log_path = run.paths
+    run.save_state()
+    run.save_model(model_path, test_acc)
+    if epoch + 1 in cfg.snapshot_epochs:
+        run.save_model(model_path.with_name(f"{model_path.stem}-epoch{epoch + 1}.pt"), test_acc)
+    _append_log(log_path, row)
+    _note(
+        f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc "
+        f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+        f"{row['images_per_s']:.0f} img/s"
+    )
+    return test_acc
 
 
 def train(
@@ -357,173 +660,40 @@ def train(
     """Run (or resume) training; returns the final summary. ``on_step(epoch, step)`` is a
     hook called after every optimizer step (tests use it to interrupt a run). ``init(model)``
     is called once on the freshly built model, before a resumed state is loaded into it:
-    fine-tuning uses it to load starting weights and register gradient hooks."""
-    from tqdm import tqdm
+    fine-tuning uses it to load starting weights and register gradient hooks.
 
-    device = pick_device(cfg.device)
-    dist = _init_distributed(device)
-    ds = load_dataset(cfg.dataset, cfg.data_dir)
-    train_data = _subset(ds.train, cfg.limit_train, cfg.seed)
-    test_data = eval_subset(ds.test, cfg.limit_test)
-    model_path, state_path, log_path = _paths(cfg.out)
-
-    torch.manual_seed(cfg.seed)
-    model, model_config = build_model(cfg, ds)
-    if init is not None:
-        init(model)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    state = _State()
-    if cfg.resume:
-        saved = _load_training_state(state_path, cfg)
-        model.load_state_dict(saved["state_dict"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        state = _State(**saved["position"])
-        if dist.main:
-            _note(f"resuming {cfg.out} at epoch {state.epoch + 1}, step {state.step}")
-    if dist.world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    test_acc = state.history[-1]["test_acc"] if state.history else None
-    last_save = time.monotonic()
-    for epoch in range(state.epoch, cfg.epochs):
-        indices = _epoch_indices(len(train_data), epoch, cfg, dist)
-        batches = _batches(indices, cfg.batch_size)
-        model.train()
-        started = time.monotonic() - state.seconds
-        bar = tqdm(
-            total=len(batches),
-            initial=state.step,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not dist.main,
-            dynamic_ncols=True,
-        )
-        try:
-            for step in range(state.step, len(batches)):
-                seed = _step_seed(cfg.seed, epoch, step, dist.rank)
-                torch.manual_seed(seed)
-                idx = torch.tensor(batches[step])
-                x = train_data.batch(
-                    idx,
-                    ds.mean,
-                    ds.std,
-                    augment=cfg.augment,
-                    generator=torch.Generator().manual_seed(seed),
-                )
-                x = _to_device(x, device, cfg.channels_last)
-                y = train_data.labels[idx].to(device)
-                with _autocast(device, cfg.amp):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                state.step = step + 1
-                state.seen += len(idx)
-                state.loss_sum += loss.item() * len(idx)
-                state.correct += (logits.argmax(1) == y).sum().item()
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{state.loss_sum / state.seen:.3f}",
-                    acc=f"{state.correct / state.seen:.3f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                )
-                if on_step is not None:
-                    on_step(epoch, step)
-                if dist.main and time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-                    state.seconds = time.monotonic() - started
-                    _save_training_state(
-                        state_path,
-                        model,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        cfg,
-                        model_config,
-                        ds,
-                        state,
-                    )
-                    last_save = time.monotonic()
-        except KeyboardInterrupt:
-            bar.close()
-            if dist.main:
-                state.seconds = time.monotonic() - started
-                _save_training_state(
-                    state_path, model, optimizer, scheduler, scaler, cfg, model_config, ds, state
-                )
+    SIGINT and SIGTERM stop the run at the next step boundary (or after the epoch's
+    evaluation and saves), save the state and raise ``KeyboardInterrupt``.
+    """
+    with _StopRequested() as stop:
+        run, train_data, test_data = _start(cfg, init)
+        history = run.state.history
+        test_acc = history[-1]["test_acc"] if history else None
+        for epoch in range(run.state.epoch, cfg.epochs):
+            _train_epoch(run, train_data, epoch, stop, on_step)
+            if run.dist.world > 1:
+                _sync_buffers(_unwrap(run.model))
+            lr = learning_rate(cfg.schedule, cfg.lr, cfg.epochs, epoch, 0, 1)
+            if run.dist.main:
+                test_acc = _end_epoch(run, test_data, epoch, lr)
+            else:
+                run.state = _State(epoch=epoch + 1, history=run.state.history)
+            if run.dist.world > 1:
+                torch.distributed.barrier()
+            if stop.signal is not None:
                 _note(
-                    f"interrupted at epoch {epoch + 1}, step {state.step}; "
-                    f"saved {state_path}: rerun the same command with --resume to continue"
+                    f"interrupted after epoch {epoch + 1}; saved {run.paths[1]}: "
+                    "rerun the same command with --resume to continue"
                 )
-            raise
-        bar.close()
-        if dist.world > 1:
-            _sync_buffers(_unwrap(model))
-        seconds = time.monotonic() - started
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        train_loss, train_acc = state.loss_sum / state.seen, state.correct / state.seen
-        if dist.main:
-            test_loss, test_acc = evaluate(
-                _unwrap(model),
-                test_data,
-                ds,
-                device,
-                batch_size=cfg.eval_batch_size,
-                amp=cfg.amp,
-                channels_last=cfg.channels_last,
-            )
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": round(train_loss, 6),
-                "train_acc": round(train_acc, 6),
-                "test_loss": round(test_loss, 6),
-                "test_acc": round(test_acc, 6),
-                "seconds": round(seconds, 2),
-                "images_per_s": round(state.seen * dist.world / seconds, 2),
-            }
-            state = _State(epoch=epoch + 1, history=[*state.history, row])
-            _save_training_state(
-                state_path, model, optimizer, scheduler, scaler, cfg, model_config, ds, state
-            )
-            _save_model(model_path, model, cfg, model_config, ds, state, test_acc)
-            if epoch + 1 in cfg.snapshot_epochs:
-                snap = model_path.with_name(f"{model_path.stem}-epoch{epoch + 1}.pt")
-                _save_model(snap, model, cfg, model_config, ds, state, test_acc)
-            _append_log(log_path, row)
-            _note(
-                f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc "
-                f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-                f"{row['images_per_s']:.0f} img/s"
-            )
-        else:
-            state = _State(epoch=epoch + 1, history=state.history)
-        last_save = time.monotonic()
-        if dist.world > 1:
-            torch.distributed.barrier()
+                raise KeyboardInterrupt
     summary = {
-        "out": str(model_path),
+        "out": str(run.paths[0]),
         "epochs": cfg.epochs,
         "test_acc": test_acc,
-        "seconds": sum(r["seconds"] for r in state.history),
+        "seconds": sum(r["seconds"] for r in run.state.history),
     }
-    if dist.world > 1:
-        summary["replicas_identical"] = _replicas_identical(_unwrap(model))
+    if run.dist.world > 1:
+        summary["replicas_identical"] = _replicas_identical(_unwrap(run.model))
         torch.distributed.destroy_process_group()
         if not summary["replicas_identical"]:
             raise TrainingError("the ranks ended with different weights; the run is unreliable")

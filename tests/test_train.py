@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from reuse_analysis.checkpoint import load_checkpoint
 from reuse_analysis.cli import cli
-from reuse_analysis.train import TrainConfig, train
+from reuse_analysis.train import TrainConfig, TrainingError, train
 
 TINY = {"growth_rate": 4, "block_config": (2, 2), "num_init_features": 8}
 
@@ -128,7 +129,7 @@ def test_checkpoint_records_everything_needed(tmp_path, tiny_npz):
     assert 0 <= ckpt.meta["test_acc"] <= 1
     assert (tmp_path / "m-epoch1.pt").is_file()
     full = torch.load(out.with_suffix(".train.pt"), weights_only=True)
-    for key in ("optimizer", "scheduler", "rng", "position", "state_dict", "config"):
+    for key in ("optimizer", "rng", "position", "state_dict", "config"):
         assert key in full
     # the milestones of a 2-epoch run: lr 0.1 for epoch 1, then 0.01
     assert [round(h["lr"], 6) for h in ckpt.meta["history"]] == [0.1, 0.01]
@@ -231,6 +232,7 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_npz):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".pt", ".csv")) == [
         "ddp.log.csv",
         "ddp.pt",
+        "ddp.reuse.csv",
         "ddp.train.pt",
     ]
     assert len(out.with_suffix(".log.csv").read_text().splitlines()) == 3
@@ -267,3 +269,136 @@ def test_imagenet_preset_trains_on_a_large_image_folder(tmp_path):
     assert ckpt.config["stem"] == "imagenet" and ckpt.config["num_classes"] == 2
     assert ckpt.meta["dataset"]["image_size"] == 224
     assert 0 <= summary["test_acc"] <= 1
+
+
+def test_learning_rate_schedules():
+    """The three schedules' curves, at the positions that define them."""
+    from reuse_analysis.train import learning_rate
+
+    paper = [learning_rate("paper", 0.1, 8, e, 0, 10) for e in range(8)]
+    assert paper == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    assert learning_rate("paper", 0.1, 8, 3, 9, 10) == pytest.approx(0.1)  # constant in epoch
+    cos = [learning_rate("cosine", 0.2, 4, e, s, 25) for e in range(4) for s in range(25)]
+    assert cos[0] == pytest.approx(0.2)
+    assert cos[50] == pytest.approx(0.1)  # half way: half the peak
+    assert all(a > b for a, b in itertools.pairwise(cos))
+    one = [learning_rate("onecycle", 0.1, 4, e, s, 25) for e in range(4) for s in range(25)]
+    assert one[0] == pytest.approx(0.1 / 25)
+    assert max(one) == pytest.approx(0.1) and one.index(max(one)) == 15  # 15 % of 100 steps
+    assert all(a < b for a, b in itertools.pairwise(one[:16]))
+    assert all(a > b for a, b in itertools.pairwise(one[15:]))
+    assert one[-1] < 0.001
+    with pytest.raises(Exception, match="unknown schedule"):
+        learning_rate("step", 0.1, 4, 0, 0, 25)
+
+
+def test_schedule_is_used_and_recorded(tmp_path, tiny_npz):
+    out = tmp_path / "m.pt"
+    train(_cfg(tiny_npz, out, epochs=2, schedule="cosine", label_smoothing=0.1))
+    meta = load_checkpoint(out).meta
+    assert meta["train_config"]["schedule"] == "cosine"
+    assert meta["train_config"]["label_smoothing"] == 0.1
+    # the logged lr is the one of each epoch's first step: 0.1, then cos(pi/2) -> 0.05
+    assert [h["lr"] for h in meta["history"]] == pytest.approx([0.1, 0.05])
+    with pytest.raises(TrainingError, match="schedule"):
+        train(_cfg(tiny_npz, out, epochs=2, resume=True, schedule="onecycle"))
+
+
+def test_reuse_table_recorded_after_every_epoch(tmp_path, tiny_npz):
+    """The .reuse.csv holds the weight table at initialisation and after each epoch; the
+    last one is the table of the saved model."""
+    import pandas as pd
+
+    from reuse_analysis.analysis import analyze
+
+    out = tmp_path / "m.pt"
+    train(_cfg(tiny_npz, out, epochs=2))
+    log = pd.read_csv(tmp_path / "m.reuse.csv")
+    assert sorted(log["epoch"].unique()) == [0, 1, 2]
+    final = analyze(out).table
+    last = log[log["epoch"] == 2].reset_index(drop=True)
+    for column in ("block", "source", "target", "target_kind"):
+        assert list(last[column]) == list(final[column])
+    np.testing.assert_allclose(last["mean_abs_weight"], final["mean_abs_weight"], rtol=1e-9)
+    first = log[log["epoch"] == 0]["mean_abs_weight"].to_numpy()
+    assert not np.allclose(first, last["mean_abs_weight"].to_numpy())  # training moved it
+
+
+@pytest.mark.parametrize(
+    ("forward", "position"),
+    [(10, (1, 3)), (7, (1, 0))],
+    ids=["mid-step", "during-evaluation"],
+)
+def test_signal_during_a_step_resumes_bitwise(tmp_path, tiny_npz, forward, position):
+    """SIGTERM in the middle of a forward pass, of a training step or of the epoch's
+    evaluation: the step (or the epoch's evaluation and saves) finishes, the state is saved
+    after it, and the resumed run equals an uninterrupted one in every tensor (batch-norm
+    statistics included: the interrupted batch is not run twice)."""
+    straight = tmp_path / "a" / "m.pt"
+    train(_cfg(tiny_npz, straight, epochs=2))
+    resumed = tmp_path / "b" / "m.pt"
+    calls = {"n": 0}
+
+    def kill_in_forward(module, inputs):
+        calls["n"] += 1
+        # 6 training forwards per epoch, then 1 of evaluation: 7 = evaluating after epoch
+        # 1, 10 = epoch 2, step 3
+        if calls["n"] == forward:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def init(model):
+        model.features.denseblock1.register_forward_pre_hook(kill_in_forward)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_npz, resumed, epochs=2), init=init)
+    saved = torch.load(resumed.with_suffix(".train.pt"), weights_only=True)["position"]
+    assert (saved["epoch"], saved["step"]) == position
+    train(_cfg(tiny_npz, resumed, epochs=2, resume=True))
+    a, b = _weights(straight), _weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bf16_autocast_training_follows_fp32(tmp_path, tiny_npz):
+    """bf16 autocast on the CPU: the loss curve stays within noise of fp32's, and the
+    weights differ from fp32's (autocast did change the arithmetic)."""
+    import pandas as pd
+
+    runs = {}
+    for amp in (False, True):
+        out = tmp_path / f"amp{amp}" / "m.pt"
+        train(_cfg(tiny_npz, out, epochs=3, amp=amp))
+        runs[amp] = (pd.read_csv(out.with_suffix(".log.csv")), _weights(out))
+    fp32, bf16 = runs[False][0], runs[True][0]
+    np.testing.assert_allclose(bf16["train_loss"], fp32["train_loss"], atol=0.1)
+    assert bf16["train_loss"].iloc[-1] < bf16["train_loss"].iloc[0]
+    key = "features.conv0.weight"
+    assert not torch.equal(runs[False][1][key], runs[True][1][key])
+
+
+def test_resume_from_a_committed_state_in_a_fresh_clone(tmp_path, tiny_npz):
+    """A run stopped, its .train.pt committed, cloned elsewhere and resumed there ends with
+    the weights of a run that never stopped (what a run spread over sessions relies on)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    straight = tmp_path / "straight" / "m.pt"
+    train(_cfg(tiny_npz, straight, epochs=2))
+    repo = tmp_path / "repo"
+    (repo / "trained_models").mkdir(parents=True)
+    out = repo / "trained_models" / "m.pt"
+
+    def stop(epoch, step):
+        if (epoch, step) == (0, 4):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_npz, out, epochs=2, data_dir=str(tmp_path / "c1")), on_step=stop)
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "trained_models/m.train.pt"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "state"], check=True)
+    clone = tmp_path / "clone"
+    subprocess.run([*git, "clone", "-q", str(repo), str(clone)], check=True)
+    again = clone / "trained_models" / "m.pt"
+    train(_cfg(tiny_npz, again, epochs=2, resume=True, data_dir=str(tmp_path / "c2")))
+    a, b = _weights(straight), _weights(again)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
