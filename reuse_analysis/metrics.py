@@ -22,13 +22,7 @@ import pandas as pd
 import torch
 
 from reuse_analysis.errors import StructureError
-from reuse_analysis.structure import (
-    Classifier,
-    ConcatOrder,
-    DenseBlock,
-    DenseNetStructure,
-    Transition,
-)
+from reuse_analysis.structure import ConcatOrder, DenseBlock, DenseNetStructure
 from reuse_analysis.tables import WEIGHT_METRICS, build_table, column_minmax, value_column
 
 __all__ = [
@@ -61,18 +55,6 @@ def channel_usage(weight: torch.Tensor) -> np.ndarray:
     # |w| summed per input channel in float64: exact enough for hand-checked tables.
     per_channel = np.abs(w).swapaxes(0, 1).reshape(w.shape[1], -1)
     return per_channel.sum(axis=1, dtype=np.float64) / per_channel.shape[1]
-
-
-def _target_weights(block: DenseBlock) -> list[tuple[int, str, str, str | None]]:
-    """``(target, kind, weight key, norm in front)`` for every target column of the block."""
-    targets = [(layer.index, "layer", layer.first_conv.key, layer.norm) for layer in block.layers]
-    if isinstance(block.extra, Transition):
-        t = block.extra
-        targets.append((block.num_layers + 1, "transition", t.conv.key, t.norm))
-    elif isinstance(block.extra, Classifier):
-        c = block.extra
-        targets.append((block.num_layers + 1, "classifier", c.key, c.norm))
-    return targets
 
 
 def bn_scale(
@@ -131,13 +113,13 @@ def block_rows(
     """Raw ``(block, source, target, kind, value)`` rows of one dense block."""
     _check_metric(metric)
     rows = []
-    for target, kind, key, norm in _target_weights(block):
-        slices = block.source_slices(target, concat_order)
-        weight = state_dict[key]
-        _check_width(key, weight, max(stop for _, _, stop in slices))
-        usage = _usage(state_dict, key, norm, metric)
-        for source, start, stop in slices:
-            rows.append((block.index, source, target, kind, float(usage[start:stop].mean())))
+    for target in block.targets(concat_order):
+        key = target.weight_key
+        _check_width(key, state_dict[key], max(stop for _, _, stop in target.slices))
+        usage = _usage(state_dict, key, target.norm, metric)
+        for source, start, stop in target.slices:
+            value = float(usage[start:stop].mean())
+            rows.append((block.index, source, target.index, target.kind, value))
     return rows
 
 

@@ -49,9 +49,15 @@ from torch import Tensor, nn
 
 from reuse_analysis._io import write_text_atomic
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.models._efficient import _bn_relu as _efficient_bn_relu
-from reuse_analysis.models._efficient import _bottleneck, _matrix, _nchw, _scale_shift, _scratch
-from reuse_analysis.structure import Classifier, DenseNetStructure, Transition, infer_structure
+from reuse_analysis.models._efficient import (
+    as_matrix,
+    as_nchw,
+    bn_relu,
+    bn_scale_shift,
+    fused_bottleneck,
+    scratch_buffer,
+)
+from reuse_analysis.structure import DenseNetStructure, Target, infer_structure
 from reuse_analysis.tables import DATA_METRICS, build_table
 
 #: ``(logits, labels) → per-image loss``; the default is cross-entropy.
@@ -204,34 +210,6 @@ def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------------------- connections
-@dataclass(frozen=True)
-class _Column:
-    """One target column: the sources it reads and where their channels are."""
-
-    block: int  # 1-based
-    target: int  # 1-based; L+1 is the transition or classifier
-    kind: str  # layer | transition | classifier
-    slices: tuple[tuple[int, int, int], ...]  # (source, start, stop)
-
-    @property
-    def key(self) -> str:
-        return f"{self.block}/{self.target}"
-
-
-def _columns(structure: DenseNetStructure) -> list[_Column]:
-    out = []
-    for block in structure.blocks:
-        targets = [(layer.index, "layer") for layer in block.layers]
-        if isinstance(block.extra, Transition):
-            targets.append((block.num_layers + 1, "transition"))
-        elif isinstance(block.extra, Classifier):
-            targets.append((block.num_layers + 1, "classifier"))
-        for target, kind in targets:
-            slices = tuple(block.source_slices(target, "oldest-first"))
-            out.append(_Column(block.index, target, kind, slices))
-    return out
-
-
 def _partial(conv: nn.Conv2d, a: Tensor, start: int, stop: int) -> Tensor:
     """The part of ``conv(a)`` that input channels ``start:stop`` contribute (no bias)."""
     return F.conv2d(
@@ -244,14 +222,12 @@ class _Net:
     """A :class:`DenseNet` run piece by piece: stem → blocks and transitions → head."""
 
     def __init__(self, model: nn.Module) -> None:
-        features = model.features
-        names = list(features._modules)
-        count = len(model.config.block_config)
-        self.stem = [features._modules[n] for n in names[: names.index("denseblock1")]]
-        self.blocks = [features._modules[f"denseblock{b}"] for b in range(1, count + 1)]
-        self.transitions = [features._modules.get(f"transition{b}") for b in range(1, count + 1)]
-        self.norm5 = features.norm5
-        self.classifier = model.classifier
+        parts = model.parts()
+        self.stem = list(parts.stem)
+        self.blocks = list(parts.blocks)
+        self.transitions = list(parts.transitions)
+        self.norm5 = parts.head_norm
+        self.classifier = parts.classifier
         for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
             if conv.groups != 1:
                 raise ProbeError("grouped first convolutions are not supported")
@@ -271,8 +247,8 @@ class _Net:
         matrix per later layer, then the transition's (or the logits' ``[n, classes]``).
         """
         n, c, h, w = prefix.shape
-        rows = _matrix(prefix)
-        ws = _scratch(prefix, c)
+        rows = as_matrix(prefix)
+        ws = scratch_buffer(prefix, c)
         parts = [
             _first_conv_rows(layer.norm1, layer.conv1, rows, 0, (n, h, w), ws)
             for layer in self.layers(b)[start:]
@@ -303,14 +279,14 @@ class _Net:
         buf = new.new_empty(images, h, w, width)  # channels-last, as in the fused block
         mat = buf.view(-1, width)
         buf[..., :k].copy_(new.permute(0, 2, 3, 1))
-        ws = _scratch(new, width)
+        ws = scratch_buffer(new, width)
         filled = k
         for layer, common in zip(layers, shared, strict=False):
             y = _first_conv_rows(layer.norm1, layer.conv1, mat[:, :filled], c, (images, h, w), ws)
-            y = layer.drop1(_nchw(_add_shared_rows(y, common), images, h, w))
+            y = layer.drop1(as_nchw(_add_shared_rows(y, common), images, h, w))
             if layer.bottleneck:
                 y = layer.drop2(layer.conv2(layer.relu2(layer.norm2(y))))
-            mat[:, filled : filled + y.shape[1]].copy_(_matrix(y))
+            mat[:, filled : filled + y.shape[1]].copy_(as_matrix(y))
             filled += y.shape[1]
         return buf.permute(0, 3, 1, 2)
 
@@ -320,9 +296,9 @@ class _Net:
         images, _, h, w = rest.shape
         t = self.transitions[b]
         if t is not None:
-            ws = _scratch(rest, rest.shape[1])
-            z = _first_conv_rows(t.norm, t.conv, _matrix(rest), c, (images, h, w), ws)
-            z = _nchw(_add_shared_rows(z, shared), images, h, w)
+            ws = scratch_buffer(rest, rest.shape[1])
+            z = _first_conv_rows(t.norm, t.conv, as_matrix(rest), c, (images, h, w), ws)
+            z = as_nchw(_add_shared_rows(z, shared), images, h, w)
             return self.from_block(b + 1, t.pool(t.drop(z)))
         own = self.pooled(rest, c) @ self.classifier.weight[:, c:].t()
         return _add_shared_rows(own, shared)
@@ -352,7 +328,7 @@ class _Net:
     def pooled(self, out: Tensor, first: int = 0) -> Tensor:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
         scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
-        a = _efficient_bn_relu(out, scale[:, None, None], shift[:, None, None])
+        a = bn_relu(out, scale[:, None, None], shift[:, None, None])
         return F.adaptive_avg_pool2d(a, 1).flatten(1)
 
 
@@ -363,7 +339,7 @@ def _new_channels(layer: nn.Module) -> int:
 def _sliced_scale_shift(norm: nn.BatchNorm2d, first: int, count: int) -> tuple[Tensor, Tensor]:
     """The eval-mode batch norm of input channels ``first … first+count`` as ``x·scale + shift``."""
     part = slice(first, first + count)
-    scale, shift, _ = _scale_shift(
+    scale, shift, _ = bn_scale_shift(
         norm.running_mean[part], norm.running_var[part], norm.eps,
         norm.weight[part], norm.bias[part],
     )  # fmt: skip
@@ -385,11 +361,11 @@ def _first_conv_rows(
     scale, shift = _sliced_scale_shift(norm, first, c)
     weight = conv.weight[:, first : first + c]
     if weight.shape[2:] == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0):
-        out = _bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
+        out = fused_bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
     else:
-        a = _nchw(_efficient_bn_relu(rows, scale, shift), *shape)
+        a = as_nchw(bn_relu(rows, scale, shift), *shape)
         args = (conv.stride, conv.padding, conv.dilation)
-        out = _matrix(F.conv2d(a, weight, None, *args)).contiguous()
+        out = as_matrix(F.conv2d(a, weight, None, *args)).contiguous()
     if first == 0 and conv.bias is not None:
         out += conv.bias
     return out
@@ -407,7 +383,7 @@ def _groups(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 # ----------------------------------------------------------------------------- per chunk
-def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[str, list]:
+def _activation_chunk(net: _Net, columns: Sequence[Target], x: Tensor) -> dict[str, list]:
     """Σ over the chunk's images of mean |P_s| (over output channels and pixels)."""
     outs = net.block_outputs(x)
     result = {}
@@ -418,7 +394,7 @@ def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[
             parts = [pooled[:, s:e] @ w[:, s:e].t() for _, s, e in col.slices]
         else:
             if col.kind == "layer":
-                layer = net.layers(b)[col.target - 1]
+                layer = net.layers(b)[col.index - 1]
                 norm, relu, conv = layer.norm1, layer.relu1, layer.conv1
             else:
                 t = net.transitions[b]
@@ -431,7 +407,7 @@ def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[
 
 def _variant_logits(
     net: _Net,
-    col: _Column,
+    col: Target,
     out: Tensor,
     sources: Sequence[tuple[int, int, int]],
     shared: Sequence[Tensor] = (),
@@ -450,7 +426,7 @@ def _variant_logits(
         z = t.conv(a)
         cut = torch.cat([z - _partial(t.conv, a, s, e) for _, s, e in sources])
         return net.from_block(b + 1, t.pool(t.drop(cut)))
-    layer = net.layers(b)[col.target - 1]
+    layer = net.layers(b)[col.index - 1]
     c = layer.conv1.in_channels
     prefix = out[:, :c]
     a = layer.relu1(layer.norm1(prefix))
@@ -459,14 +435,14 @@ def _variant_logits(
     if layer.bottleneck:
         new = layer.drop2(layer.conv2(layer.relu2(layer.norm2(new))))
     if not shared:
-        shared = net.shared_parts(b, prefix, col.target)
-    rest = net.rest_of_block(b, c, new, col.target, shared[:-1])
+        shared = net.shared_parts(b, prefix, col.index)
+    rest = net.rest_of_block(b, c, new, col.index, shared[:-1])
     return net.after_shared_block(b, c, rest, shared[-1])
 
 
 def _ablation_column(
     net: _Net,
-    col: _Column,
+    col: Target,
     out: Tensor,
     y: Tensor,
     base_loss: Tensor,
@@ -479,8 +455,8 @@ def _ablation_column(
     per_pass = max(1, batch_size // n)
     shared: Sequence[Tensor] = ()
     if col.kind == "layer":
-        c = net.layers(col.block - 1)[col.target - 1].conv1.in_channels
-        shared = net.shared_parts(col.block - 1, out[:, :c], col.target)
+        c = net.layers(col.block - 1)[col.index - 1].conv1.in_channels
+        shared = net.shared_parts(col.block - 1, out[:, :c], col.index)
     result = []
     for sources in _groups(col.slices, per_pass):
         logits = _variant_logits(net, col, out, sources, shared)
@@ -498,7 +474,7 @@ def _ablation_column(
 
 
 def _taylor_chunk(
-    model: nn.Module, columns: Sequence[_Column], x: Tensor, y: Tensor, loss: LossFn
+    model: nn.Module, columns: Sequence[Target], x: Tensor, y: Tensor, loss: LossFn
 ) -> dict[str, list]:
     """−Σ (∂L/∂w)·w per connection with L the chunk's summed loss (chunks add up; the
     caller divides by the number of images to get the mean loss's estimate)."""
@@ -511,7 +487,7 @@ def _taylor_chunk(
         elif col.kind == "transition":
             weights[col.key] = net.transitions[b].conv.weight
         else:
-            weights[col.key] = net.layers(b)[col.target - 1].conv1.weight
+            weights[col.key] = net.layers(b)[col.index - 1].conv1.weight
     params = list(weights.values())
     with torch.enable_grad():
         value = loss(model(x), y).sum()
@@ -584,7 +560,7 @@ def connection_table(
         raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
     model.eval()
     structure = infer_structure(model.state_dict())
-    columns = _columns(structure)
+    columns = structure.targets("oldest-first")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     total = len(x)
@@ -652,7 +628,7 @@ def _tensor_key(x: Tensor, y: Tensor) -> dict[str, Any]:
 
 def _ablation_chunk(
     net: _Net,
-    columns: Sequence[_Column],
+    columns: Sequence[Target],
     x: Tensor,
     y: Tensor,
     loss: LossFn,
@@ -680,7 +656,7 @@ def _ablation_chunk(
 def _table(
     metric: str,
     structure: DenseNetStructure,
-    columns: Sequence[_Column],
+    columns: Sequence[Target],
     chunks: Mapping[str, Mapping[str, Any]],
     total: int,
 ) -> pd.DataFrame:
@@ -692,7 +668,7 @@ def _table(
             values = np.asarray(chunk[col.key], dtype=np.float64).reshape(len(col.slices), -1)
             sums[:, : values.shape[1]] += values
         for (source, _, _), (value, drop) in zip(col.slices, sums, strict=True):
-            rows.append((col.block, source, col.target, col.kind, value / total))
+            rows.append((col.block, source, col.index, col.kind, value / total))
             drops.append(drop / total)
     extra = {"accuracy_drop": drops} if metric == "ablation" else None
     return build_table(

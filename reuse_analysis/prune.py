@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.structure import Classifier, DenseNetStructure, Transition
+from reuse_analysis.structure import DenseNetStructure
 from reuse_analysis.tables import KEYS, value_column
 
 SCOPES = ("column", "global")
@@ -98,21 +98,12 @@ def connection_slice(
     concat_order: str = "oldest-first",
 ) -> tuple[str, int, int]:
     """``(weight key, start, stop)``: the input channels of target's weight from source."""
-    if not 1 <= block <= len(structure.blocks):
-        raise PruneError(f"the model has no block {block}")
-    b = structure.blocks[block - 1]
-    if 1 <= target <= b.num_layers:
-        key = b.layers[target - 1].first_conv.key
-    elif target == b.num_layers + 1 and isinstance(b.extra, Transition):
-        key = b.extra.conv.key
-    elif target == b.num_layers + 1 and isinstance(b.extra, Classifier):
-        key = b.extra.key
-    else:
-        raise PruneError(f"block {block} has no target {target}")
-    for s, start, stop in b.source_slices(target, concat_order):
-        if s == source:
-            return key, start, stop
-    raise PruneError(f"target {target} of block {block} reads no source {source}")
+    try:
+        column = structure.target(block, target, concat_order)
+        start, stop = column.slice_of(source)
+    except ValueError as exc:
+        raise PruneError(str(exc)) from None
+    return column.weight_key, start, stop
 
 
 def keep_masks(
