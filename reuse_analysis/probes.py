@@ -197,7 +197,7 @@ def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: 
 
 def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
     """A fixed random subset of ``images`` images of a split, standardised, no augmentation."""
-    from reuse_analysis.train import eval_subset
+    from reuse_analysis.runtime import eval_subset
 
     if split not in SPLITS:
         raise ProbeError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -552,20 +552,51 @@ def connection_table(
     to a JSON file keyed by the weights, ``data_key`` (what identifies the images), the
     loss and the chunking, so a rerun continues an interrupted computation.
     """
-    from tqdm import tqdm
-
-    if metric not in DATA_METRICS:
-        raise ValueError(f"metric must be one of {', '.join(DATA_METRICS)}, not {metric!r}")
-    if len(x) == 0 or len(x) != len(y):
-        raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
+    _check_request(metric, x, y)
     model.eval()
     structure = infer_structure(model.state_dict())
     columns = structure.targets("oldest-first")
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
+    key = _cache_key(model, x, y, metric, loss, chunk_size, param.dtype, data_key)
+    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
     total = len(x)
     chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
-    key = {
+    run = _ChunkRun(model, _Net(model), columns, loss, batch_size, store, None)
+    run.bar = _progress_bar(metric, run, len(chunks), progress)
+    try:
+        for i, rows in enumerate(chunks):
+            if run.done(i) < run.per_chunk(metric):
+                saved = store.chunks.setdefault(str(i), {})
+                xb, yb = x[rows].to(param.device, param.dtype), y[rows].to(param.device)
+                _CHUNK_RUNNERS[metric](run, xb, yb, saved)
+                store.save()
+    except KeyboardInterrupt:
+        _save_on_interrupt(run)
+        raise
+    run.bar.close()
+    store.save(force=True)
+    return _table(metric, structure, columns, store.chunks, total)
+
+
+def _check_request(metric: str, x: Tensor, y: Tensor) -> None:
+    if metric not in _CHUNK_RUNNERS:
+        raise ValueError(f"metric must be one of {', '.join(DATA_METRICS)}, not {metric!r}")
+    if len(x) == 0 or len(x) != len(y):
+        raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
+
+
+def _cache_key(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    metric: str,
+    loss: LossFn,
+    chunk_size: int,
+    dtype: torch.dtype,
+    data_key: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What identifies a computation: weights, images, loss, chunking and precision."""
+    return {
         "version": _CACHE_VERSION,
         "metric": metric,
         "weights": state_hash(model.state_dict()),
@@ -574,50 +605,72 @@ def connection_table(
         "chunk_size": chunk_size,
         "dtype": str(dtype),
     }
-    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
-    # Progress counts target columns for ablation (the long one), chunks otherwise.
-    per_chunk = len(columns) if metric == "ablation" else 1
 
-    def done(i: int) -> int:
-        saved = store.chunks.get(str(i), {})
-        return sum(c.key in saved for c in columns) if per_chunk > 1 else int(bool(saved))
 
-    bar = tqdm(
-        total=len(chunks) * per_chunk,
-        initial=sum(done(i) for i in range(len(chunks))),
+@dataclass
+class _ChunkRun:
+    """One connection_table computation: the model run piece by piece, its columns, the
+    store of finished chunks and the progress bar."""
+
+    model: nn.Module
+    net: _Net
+    columns: Sequence[Target]
+    loss: LossFn
+    batch_size: int
+    store: _Store
+    bar: Any
+
+    def per_chunk(self, metric: str) -> int:
+        """Progress units per chunk: target columns for ablation (the long one), else 1."""
+        return len(self.columns) if metric == "ablation" else 1
+
+    def done(self, i: int) -> int:
+        saved = self.store.chunks.get(str(i), {})
+        if "base" in saved:  # ablation: counted per column
+            return sum(c.key in saved for c in self.columns)
+        return len(self.columns) if saved else 0
+
+
+def _progress_bar(metric: str, run: _ChunkRun, chunks: int, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    per_chunk = run.per_chunk(metric)
+    initial = sum(min(run.done(i), per_chunk) for i in range(chunks))
+    return tqdm(
+        total=chunks * per_chunk,
+        initial=initial,
         desc=metric,
         unit="column" if metric == "ablation" else "chunk",
         disable=not progress,
         dynamic_ncols=True,
     )
-    net = _Net(model)
-    try:
-        for i, rows in enumerate(chunks):
-            if done(i) == per_chunk:
-                continue
-            saved = store.chunks.setdefault(str(i), {})
-            xb = x[rows].to(device, dtype)
-            yb = y[rows].to(device)
-            if metric == "taylor":
-                saved.update(_taylor_chunk(model, columns, xb, yb, loss))
-                bar.update(1)
-            elif metric == "activation":
-                with torch.inference_mode():
-                    saved.update(_activation_chunk(net, columns, xb))
-                bar.update(1)
-            else:
-                with torch.inference_mode():
-                    _ablation_chunk(net, columns, xb, yb, loss, batch_size, saved, bar, store)
-            store.save()
-    except KeyboardInterrupt:
-        store.save(force=True)
-        bar.close()
-        if store.path is not None:
-            tqdm.write(f"interrupted; results so far are in {store.path}: rerun to continue")
-        raise
-    bar.close()
-    store.save(force=True)
-    return _table(metric, structure, columns, store.chunks, total)
+
+
+def _save_on_interrupt(run: _ChunkRun) -> None:
+    from tqdm import tqdm
+
+    run.store.save(force=True)
+    run.bar.close()
+    if run.store.path is not None:
+        tqdm.write(f"interrupted; results so far are in {run.store.path}: rerun to continue")
+
+
+def _run_taylor(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    saved.update(_taylor_chunk(run.model, run.columns, x, y, run.loss))
+    run.bar.update(1)
+
+
+def _run_activation(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    with torch.inference_mode():
+        saved.update(_activation_chunk(run.net, run.columns, x))
+    run.bar.update(1)
+
+
+def _run_ablation(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    with torch.inference_mode():
+        _ablation_chunk(
+            run.net, run.columns, x, y, run.loss, run.batch_size, saved, run.bar, run.store
+        )
 
 
 def _tensor_key(x: Tensor, y: Tensor) -> dict[str, Any]:
@@ -651,6 +704,14 @@ def _ablation_chunk(
         )
         bar.update(1)
         store.save()
+
+
+#: Per data-driven metric: what one chunk of images adds to the saved results.
+_CHUNK_RUNNERS: dict[str, Callable[[_ChunkRun, Tensor, Tensor, dict[str, Any]], None]] = {
+    "activation": _run_activation,
+    "ablation": _run_ablation,
+    "taylor": _run_taylor,
+}
 
 
 def _table(
@@ -710,7 +771,7 @@ def probe_inputs(
 ) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """The runnable model (on the settings' device), the images, their labels, and the
     record that identifies the images in the cache."""
-    from reuse_analysis.train import pick_device
+    from reuse_analysis.runtime import pick_device
 
     settings = settings or ProbeSettings()
     if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
@@ -741,22 +802,32 @@ def probe_tables(
     """Several data-driven tables sharing one model and one set of images."""
     settings = settings or ProbeSettings()
     model, x, y, data_key = probe_inputs(state_dict, structure, checkpoint, settings)
-    tables = {}
-    for metric in metrics:
-        df = connection_table(
-            model,
-            x,
-            y,
-            metric,
-            chunk_size=settings.chunk_size,
-            batch_size=settings.batch_size,
-            cache_dir=settings.cache_path(),
-            data_key=data_key,
-            progress=progress,
-        )
-        df.attrs.update(dataset=data_key["dataset"], split=settings.split, images=len(x))
-        tables[metric] = df
-    return tables
+    return {m: measured_table(m, model, x, y, data_key, settings, progress) for m in metrics}
+
+
+def measured_table(
+    metric: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    data_key: Mapping[str, Any],
+    settings: ProbeSettings,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`connection_table` as the settings ask, with the images it saw in ``attrs``."""
+    df = connection_table(
+        model,
+        x,
+        y,
+        metric,
+        chunk_size=settings.chunk_size,
+        batch_size=settings.batch_size,
+        cache_dir=settings.cache_path(),
+        data_key=data_key,
+        progress=progress,
+    )
+    df.attrs.update(dataset=data_key["dataset"], split=settings.split, images=len(x))
+    return df
 
 
 __all__ = [
@@ -768,6 +839,7 @@ __all__ = [
     "connection_table",
     "cross_entropy",
     "load_data",
+    "measured_table",
     "probe_images",
     "probe_inputs",
     "probe_table",
