@@ -198,7 +198,9 @@ class MetricInputs:
     metrics the checkpoint they came from and the probe settings (which images, device).
 
     The runnable model and the images are built once, on first use, and shared by every
-    data-driven metric computed from the same inputs.
+    data-driven metric computed from the same inputs (``setup``: a model and data set
+    already built, :class:`reuse_analysis.probes.ProbeSetup`). ``seed`` seeds the random
+    baseline of pruning sweeps.
     """
 
     def __init__(
@@ -210,6 +212,8 @@ class MetricInputs:
         *,
         concat_order: ConcatOrder = "oldest-first",
         progress: bool = True,
+        setup: Any = None,
+        seed: int = 0,
     ) -> None:
         self.state_dict = state_dict
         self.structure = structure
@@ -217,6 +221,8 @@ class MetricInputs:
         self.settings = settings
         self.concat_order = concat_order
         self.progress = progress
+        self.setup = setup
+        self.seed = seed
 
     @cached_property
     def probe(self) -> Any:
@@ -224,7 +230,9 @@ class MetricInputs:
         from reuse_analysis.probes import ProbeSettings, probe_inputs
 
         self.settings = self.settings or ProbeSettings()
-        return probe_inputs(self.state_dict, self.structure, self.checkpoint, self.settings)
+        return probe_inputs(
+            self.state_dict, self.structure, self.checkpoint, self.settings, self.setup
+        )
 
 
 @dataclass(frozen=True)

@@ -763,23 +763,48 @@ def probe_table(
     ]
 
 
+@dataclass
+class ProbeSetup:
+    """The runnable model on its device and the data set it runs on: built once, shared by
+    the data-driven metrics and by commands that go on to evaluate the model (prune)."""
+
+    model: nn.Module
+    data: Any  # a reuse_analysis.data.DataSet
+    device: torch.device
+
+
+def probe_setup(
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+    settings: ProbeSettings | None = None,
+) -> ProbeSetup:
+    """Rebuild the model (:func:`runnable_model`), load its data set and move it to the
+    settings' device."""
+    from reuse_analysis.runtime import pick_device
+
+    settings = settings or ProbeSettings()
+    model = runnable_model(state_dict, structure, checkpoint)
+    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    device = pick_device(settings.device)
+    return ProbeSetup(model.to(device), ds, device)
+
+
 def probe_inputs(
     state_dict: Mapping[str, Tensor],
     structure: DenseNetStructure,
     checkpoint: Any = None,
     settings: ProbeSettings | None = None,
+    setup: ProbeSetup | None = None,
 ) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """The runnable model (on the settings' device), the images, their labels, and the
-    record that identifies the images in the cache."""
-    from reuse_analysis.runtime import pick_device
-
+    record that identifies the images in the cache (``setup``: reuse a built model)."""
     settings = settings or ProbeSettings()
     if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
         raise ProbeError("--images, --batch-size and the chunk size must be positive")
-    model = runnable_model(state_dict, structure, checkpoint)
-    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    setup = setup or probe_setup(state_dict, structure, checkpoint, settings)
+    ds = setup.data
     x, y = probe_images(ds, settings.split, settings.images)
-    model.to(pick_device(settings.device))
     data_key = {
         "dataset": ds.name,
         "split": settings.split,
@@ -787,7 +812,7 @@ def probe_inputs(
         "mean": list(ds.mean),
         "std": list(ds.std),
     }
-    return model, x, y, data_key
+    return setup.model, x, y, data_key
 
 
 def probe_tables(
@@ -835,6 +860,7 @@ __all__ = [
     "LossFn",
     "ProbeError",
     "ProbeSettings",
+    "ProbeSetup",
     "config_from_structure",
     "connection_table",
     "cross_entropy",
@@ -842,6 +868,7 @@ __all__ = [
     "measured_table",
     "probe_images",
     "probe_inputs",
+    "probe_setup",
     "probe_table",
     "probe_tables",
     "runnable_model",

@@ -206,24 +206,24 @@ def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
     assert (df[df.fraction == 0.5].connections_cut == 6).all()
     assert (df.test_images == 48).all()
     # a rerun reads every accuracy from the cache: no evaluation at all
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     def no_evaluation(*a, **k):
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    monkeypatch.setattr(runtime_module, "evaluate", no_evaluation)
     again = run(*args)
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep.csv"), df)
 
 
 def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained, monkeypatch):
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     fig = tmp_path / "sweep.png"
     args = ["prune", trained, "--sweep", "--metrics", "weight,random", "--fractions",
             "0.25,0.5", "-o", fig, "--data-dir", tmp_path / "data", "--images", 32]  # fmt: skip
-    real, calls, stop_at = train_module.evaluate, [], [3]
+    real, calls, stop_at = runtime_module.evaluate, [], [3]
 
     def stops_on_the_third(*a, **k):
         calls.append(1)
@@ -231,7 +231,7 @@ def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train_module, "evaluate", stops_on_the_third)
+    monkeypatch.setattr(runtime_module, "evaluate", stops_on_the_third)
     stopped = run(*args)
     assert stopped.exit_code == 130
     assert "interrupted: rerun the same command" in stopped.stderr
@@ -353,7 +353,7 @@ def test_a_data_set_the_model_cannot_take_is_an_error_line(tmp_path, trained, co
 
 
 def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, trained, monkeypatch):
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     raw = tmp_path / "raw.pt"
     torch.save(load_checkpoint(trained).state_dict, raw)  # no arch, config or data set
@@ -361,7 +361,7 @@ def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, tra
     def no_evaluation(*a, **k):
         raise AssertionError("evaluated before refusing")
 
-    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    monkeypatch.setattr(runtime_module, "evaluate", no_evaluation)
     out = tmp_path / "p.pt"
     data = ["--data-dir", tmp_path / "data"]
     result = run("prune", raw, "--fraction", "0.5", "--finetune-epochs", "1", *data, "-o", out)
