@@ -90,7 +90,7 @@ def model_report(
         table=result.table,
         usage=result.usage,
         structure={"summary": structure.summary(), **structure.to_dict()},
-        compressions=structure.compressions,
+        compressions=result.compressions,
         macs=estimate_macs(structure),
         input_size=default_input_size(structure),
         meta=result.checkpoint.meta if result.checkpoint else {},
