@@ -568,7 +568,7 @@ def connection_table(
             if run.done(i) < run.per_chunk(metric):
                 saved = store.chunks.setdefault(str(i), {})
                 xb, yb = x[rows].to(param.device, param.dtype), y[rows].to(param.device)
-                _CHUNK_RUNNERS[metric](run, xb, yb, saved)
+                _PROBES[metric].run(run, xb, yb, saved)
                 store.save()
     except KeyboardInterrupt:
         _save_on_interrupt(run)
@@ -579,7 +579,7 @@ def connection_table(
 
 
 def _check_request(metric: str, x: Tensor, y: Tensor) -> None:
-    if metric not in _CHUNK_RUNNERS:
+    if metric not in _PROBES:
         raise ValueError(f"metric must be one of {', '.join(DATA_METRICS)}, not {metric!r}")
     if len(x) == 0 or len(x) != len(y):
         raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
@@ -622,7 +622,7 @@ class _ChunkRun:
 
     def per_chunk(self, metric: str) -> int:
         """Progress units per chunk: target columns for ablation (the long one), else 1."""
-        return len(self.columns) if metric == "ablation" else 1
+        return len(self.columns) if _PROBES[metric].per_column else 1
 
     def done(self, i: int) -> int:
         saved = self.store.chunks.get(str(i), {})
@@ -640,7 +640,7 @@ def _progress_bar(metric: str, run: _ChunkRun, chunks: int, progress: bool) -> A
         total=chunks * per_chunk,
         initial=initial,
         desc=metric,
-        unit="column" if metric == "ablation" else "chunk",
+        unit="column" if _PROBES[metric].per_column else "chunk",
         disable=not progress,
         dynamic_ncols=True,
     )
@@ -706,11 +706,21 @@ def _ablation_chunk(
         store.save()
 
 
-#: Per data-driven metric: what one chunk of images adds to the saved results.
-_CHUNK_RUNNERS: dict[str, Callable[[_ChunkRun, Tensor, Tensor, dict[str, Any]], None]] = {
-    "activation": _run_activation,
-    "ablation": _run_ablation,
-    "taylor": _run_taylor,
+@dataclass(frozen=True)
+class _Probe:
+    """How a data-driven metric runs: what one chunk of images adds to the saved results,
+    whether progress counts target columns (ablation, the long one) or chunks, and the name
+    of the second stored value per connection, if it keeps one."""
+
+    run: Callable[[_ChunkRun, Tensor, Tensor, dict[str, Any]], None]
+    per_column: bool = False
+    second: str | None = None
+
+
+_PROBES: dict[str, _Probe] = {
+    "activation": _Probe(_run_activation),
+    "ablation": _Probe(_run_ablation, per_column=True, second="accuracy_drop"),
+    "taylor": _Probe(_run_taylor),
 }
 
 
@@ -731,7 +741,8 @@ def _table(
         for (source, _, _), (value, drop) in zip(col.slices, sums, strict=True):
             rows.append((col.block, source, col.index, col.kind, value / total))
             drops.append(drop / total)
-    extra = {"accuracy_drop": drops} if metric == "ablation" else None
+    second = _PROBES[metric].second
+    extra = {second: drops} if second else None
     return build_table(
         rows,
         metric,
