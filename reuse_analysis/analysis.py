@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 _DATA_ATTRS = ("dataset", "split", "images")
 
 
-@dataclass
+@dataclass(eq=False)
 class Analysis:
     """A reuse table with the structure, weights and checkpoint it was computed from.
 
@@ -198,13 +198,6 @@ def analyze(
         compressions=structure.compressions,
         _usage=usage,
     )
-
-
-def analyze_traced(*args: Any, **kwargs: Any) -> Analysis:
-    """:func:`reuse_analysis.traced.analyze_traced` (imported on first use: it needs fx)."""
-    from reuse_analysis.traced import analyze_traced as traced
-
-    return traced(*args, **kwargs)
 
 
 def metric_tables(
