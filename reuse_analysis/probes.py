@@ -561,14 +561,15 @@ def connection_table(
     store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
     total = len(x)
     chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
-    run = _ChunkRun(model, _Net(model), columns, loss, batch_size, store, None)
+    probe = _PROBES[metric]
+    run = _ChunkRun(model, _Net(model), columns, loss, batch_size, store, probe.per_column)
     run.bar = _progress_bar(metric, run, len(chunks), progress)
     try:
         for i, rows in enumerate(chunks):
-            if run.done(i) < run.per_chunk(metric):
+            if run.done(i) < run.per_chunk:
                 saved = store.chunks.setdefault(str(i), {})
                 xb, yb = x[rows].to(param.device, param.dtype), y[rows].to(param.device)
-                _PROBES[metric].run(run, xb, yb, saved)
+                probe.run(run, xb, yb, saved)
                 store.save()
     except KeyboardInterrupt:
         _save_on_interrupt(run)
@@ -618,29 +619,30 @@ class _ChunkRun:
     loss: LossFn
     batch_size: int
     store: _Store
-    bar: Any
+    per_column: bool  # progress counts target columns (ablation, the long one), not chunks
+    bar: Any = None
 
-    def per_chunk(self, metric: str) -> int:
-        """Progress units per chunk: target columns for ablation (the long one), else 1."""
-        return len(self.columns) if _PROBES[metric].per_column else 1
+    @property
+    def per_chunk(self) -> int:
+        """Progress units per chunk of images."""
+        return len(self.columns) if self.per_column else 1
 
     def done(self, i: int) -> int:
+        """Progress units of chunk ``i`` already in the store."""
         saved = self.store.chunks.get(str(i), {})
-        if "base" in saved:  # ablation: counted per column
+        if self.per_column:
             return sum(c.key in saved for c in self.columns)
-        return len(self.columns) if saved else 0
+        return int(bool(saved))
 
 
 def _progress_bar(metric: str, run: _ChunkRun, chunks: int, progress: bool) -> Any:
     from tqdm import tqdm
 
-    per_chunk = run.per_chunk(metric)
-    initial = sum(min(run.done(i), per_chunk) for i in range(chunks))
     return tqdm(
-        total=chunks * per_chunk,
-        initial=initial,
+        total=chunks * run.per_chunk,
+        initial=sum(run.done(i) for i in range(chunks)),
         desc=metric,
-        unit="column" if _PROBES[metric].per_column else "chunk",
+        unit="column" if run.per_column else "chunk",
         disable=not progress,
         dynamic_ncols=True,
     )
