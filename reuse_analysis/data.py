@@ -38,6 +38,8 @@ _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
 }
+#: Per-channel (mean, std) of images scaled to [0, 1].
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
 # Above this side length images stream from disk with ImageNet-style crops.
 _IN_MEMORY_MAX_SIDE = 64
@@ -159,9 +161,6 @@ class DataSet:
             "train_size": len(self.train) if self.train is not None else None,
             "test_size": len(self.test) if self.test is not None else None,
         }
-
-
-Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def _from_nhwc(x: np.ndarray, y: np.ndarray) -> ImageData:
