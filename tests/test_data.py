@@ -303,33 +303,30 @@ def test_evaluate_decodes_only_the_test_images(tmp_path, opened):
     assert result["accuracy"] == pytest.approx(expected)
 
 
-def test_evaluate_on_a_plain_class_folder_uses_all_of_it(tmp_path, capsys):
-    from reuse_analysis.evaluation import evaluate_checkpoint
-
-    root = _write_folder(tmp_path / "pets", per_class=10)
-    plain = f"imagefolder:{root / 'test'}"
-    ckpt = tmp_path / "m.pt"
-    model = _checkpoint(ckpt, {"name": "cifar10", **STATS})
-    result = evaluate_checkpoint(
-        ckpt, dataset=plain, data_dir=str(tmp_path / "cache"), device="cpu"
-    )
-    assert result["images"] == 30 and result["split"].startswith("every image of")
-    assert "held out" not in capsys.readouterr().err
-    whole = load_dataset(plain, tmp_path / "cache", splits=("test",), whole_folder=True).test
-    expected = _accuracy(model, whole.images, whole.labels, STATS["mean"], STATS["std"])
-    assert result["accuracy"] == pytest.approx(expected)
-
-
-def test_evaluate_on_the_plain_folder_it_was_trained_on_uses_the_held_out_tenth(tmp_path, capsys):
+@pytest.mark.parametrize("trained_on_it", [False, True])
+def test_evaluate_on_a_plain_class_folder(tmp_path, capsys, trained_on_it):
+    """Given for evaluation, a plain class folder is evaluated whole; the folder a model was
+    trained on (split 90/10 then) gives its held-out tenth, and stderr says so."""
     from reuse_analysis.evaluation import evaluate_checkpoint
 
     root = _write_folder(tmp_path / "pets", per_class=10)
     plain = f"imagefolder:{root / 'train'}"
     ckpt = tmp_path / "m.pt"
-    _checkpoint(ckpt, {"name": plain, **STATS})
-    result = evaluate_checkpoint(ckpt, data_dir=str(tmp_path / "cache"), device="cpu")
-    assert result["images"] == 3 and result["split"].startswith("every tenth image")
-    assert "held out as the test split" in capsys.readouterr().err
+    model = _checkpoint(ckpt, {"name": plain if trained_on_it else "cifar10", **STATS})
+    result = evaluate_checkpoint(
+        ckpt, dataset=plain, data_dir=str(tmp_path / "cache"), device="cpu"
+    )
+    note = "held out as the test split" in capsys.readouterr().err
+    if trained_on_it:
+        assert result["images"] == 3 and result["split"].startswith("every tenth image")
+        assert note
+        images = load_dataset(plain, tmp_path / "other").test
+    else:
+        assert result["images"] == 30 and result["split"].startswith("every image of")
+        assert not note
+        images = load_dataset(plain, tmp_path / "other", splits=("test",), whole_folder=True).test
+    expected = _accuracy(model, images.images, images.labels, STATS["mean"], STATS["std"])
+    assert result["accuracy"] == pytest.approx(expected)
 
 
 def test_evaluate_refuses_a_data_set_whose_classes_changed(tmp_path):
