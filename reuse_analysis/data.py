@@ -473,7 +473,7 @@ def _imagefolder(
         return data, classes
 
     if not all(cache.file(stored[s]) for s in splits):
-        large = _large(folder, name, {s: stored[s] for s in splits})
+        large = _large(folder, name, {s: stored[s] for s in splits}, stats)
         if large is not None:
             return large
     loaded = {s: load(s) for s in splits}
@@ -502,9 +502,11 @@ def _small(
     return _dataset(name, data, classes, stats, train_images, test_split=described)
 
 
-def _large(folder: _Folder, name: str, stored: dict[str, str]) -> DataSet | None:
+def _large(
+    folder: _Folder, name: str, stored: dict[str, str], stats: Stats | None
+) -> DataSet | None:
     """Large images (ImageNet) stream from disk: file lists, nothing decoded; None for
-    images small enough to hold in memory."""
+    images small enough to hold in memory. Statistics: ``stats``, else ImageNet's."""
     from PIL import Image
 
     listed = {s: folder.files(stored[s]) for s in stored}
@@ -522,6 +524,8 @@ def _large(folder: _Folder, name: str, stored: dict[str, str]) -> DataSet | None
 
     data = {s: split(files) for s, (_, files) in listed.items()}
     test = data.get("test")
+    if stats is None or len(stats[0]) != 3:
+        stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the ImageNet statistics
     return DataSet(
         name=name,
         train=data.get("train"),
@@ -529,8 +533,8 @@ def _large(folder: _Folder, name: str, stored: dict[str, str]) -> DataSet | None
         num_classes=len(classes),
         in_channels=3,
         image_size=224,
-        mean=(0.485, 0.456, 0.406),  # the ImageNet statistics everyone uses
-        std=(0.229, 0.224, 0.225),
+        mean=tuple(stats[0]),
+        std=tuple(stats[1]),
         classes=classes,
         test_split=folder.describe_test(len(test)) if test is not None else "not loaded",
     )

@@ -338,3 +338,21 @@ def test_evaluate_refuses_a_data_set_whose_classes_changed(tmp_path):
     _checkpoint(ckpt, {"name": name, "classes": ["cat", "dog", "emu"], **STATS})
     with pytest.raises(DataError, match="now has the classes ant, bee, cow"):
         evaluate_checkpoint(ckpt, data_dir=str(tmp_path / "cache"), device="cpu")
+
+
+def test_large_images_of_the_test_split_alone_stream_with_the_given_statistics(tmp_path, opened):
+    root = tmp_path / "big"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (80, 72), (40 * j, 0, 0)).save(root / split / c / f"{j}.png")
+    stats = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    ds = load_dataset(f"imagefolder:{root}", tmp_path / "cache", splits=("test",), stats=stats)
+    assert ds.train is None and (ds.mean, ds.std) == stats and ds.image_size == 224
+    assert [f.relative_to(root / "val").as_posix() for f in ds.test.files] == [
+        "a/0.png", "a/1.png", "b/0.png", "b/1.png"
+    ]  # fmt: skip
+    assert opened == [root / "val" / "a" / "0.png"]  # its size alone; nothing decoded
+    assert ds.test_split == f"the val/ split of {root} (4 images)"
+    assert load_dataset(f"imagefolder:{root}", tmp_path / "cache").mean == (0.485, 0.456, 0.406)
