@@ -10,7 +10,7 @@ after the same training budget (the same epochs over the same fixed subset, seed
 recipe, through :func:`train.train`).
 
 Every architecture's run is kept in ``work_dir`` under a name that encodes the settings
-(``ARCH-KEY.pt`` and its ``.train.pt``/``.log.csv``; ``measure-KEY.json``), so an
+(``ARCH-KEY.pt`` and its ``.train.pt``/``.log.csv``; ``measure-DIGEST.json``), so an
 interrupted comparison resumes where it stopped: finished architectures are reused,
 the one in progress continues from its last saved step.
 
@@ -22,7 +22,6 @@ their peak (activations, gradients, momentum buffers, allocator slack). On CUDA 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -36,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from reuse_analysis.cache import Cache, digest
 from reuse_analysis.errors import ReuseAnalysisError
 
 #: Columns of the comparison table, in order.
@@ -82,8 +82,8 @@ class CompareError(ReuseAnalysisError):
 
 
 def _key(payload: Mapping[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
+    """A short name for a set of settings (the content-addressed cache's digest)."""
+    return digest(payload)[:8]
 
 
 def _train_config(cfg: CompareConfig, arch: str):
@@ -118,7 +118,7 @@ def hardware(device: str) -> str:
     import torch
 
     from reuse_analysis.modelcard import hardware as machine
-    from reuse_analysis.train import pick_device
+    from reuse_analysis.runtime import pick_device
 
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -152,7 +152,7 @@ class _Bench:
         import torch.nn.functional as F
 
         from reuse_analysis.models import model_from_config
-        from reuse_analysis.train import pick_device
+        from reuse_analysis.runtime import pick_device
 
         self.device = pick_device(spec["device"])
         if self.device.type == "cpu":
@@ -237,7 +237,7 @@ def _timed(step: Callable[[], None], steps: int, clock: Callable[[], float]) -> 
 
 def speed_basis(device: str) -> str:
     """What the images/s columns mean on ``device`` (see :func:`measure`)."""
-    from reuse_analysis.train import pick_device
+    from reuse_analysis.runtime import pick_device
 
     if pick_device(device).type == "cpu":
         return "per CPU core (one thread, CPU time)"
@@ -363,8 +363,9 @@ def _measure_all(
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs, peak memory and speed of every architecture, before training.
 
-    Kept in ``work_dir/measure-KEY.json`` (KEY: every setting that affects them), so that
-    a resumed comparison reuses them.
+    Each round of each architecture is kept in the cache in ``work_dir`` as soon as it is
+    measured (keyed by every setting that affects it), so that a resumed comparison reuses
+    what it measured.
     """
     import torch
 
@@ -394,39 +395,28 @@ def _measure_all(
         "hardware": machine,
         "basis": speed_basis(cfg.device),  # how steps are timed: old files do not count
     }
-    key = _key({"specs": specs, **settings})
-    cache = Path(cfg.work_dir) / f"measure-{key}.json"
-    cached = _read_cache(cache, key)
-    if cached is not None:
-        log(f"reusing the measurements in {cache}")
-        return cached["archs"]
-    rounds: dict[str, list[Any]] = {spec["arch"]: [] for spec in specs}
-    for r in range(cfg.measure_rounds):
-        for spec in specs if r % 2 == 0 else specs[::-1]:
-            log(
-                f"{spec['arch']}: timing {cfg.measure_steps} training and inference steps "
-                f"(round {r + 1} of {cfg.measure_rounds})"
-            )
-            task = {"spec": spec, "steps": cfg.measure_steps}
-            rounds[spec["arch"]].append(_in_child(task, spec["arch"]))
-    for arch, results in rounds.items():
+    done = Cache(cfg.work_dir).record("measure", {"specs": specs, **settings})
+    parts = [(r, spec) for r in range(cfg.measure_rounds) for spec in _round_order(specs, r)]
+    if all(f"{spec['arch']}#{r}" in done for r, spec in parts):
+        log(f"reusing the measurements in {done.path}")
+    for r, spec in parts:
+        part = f"{spec['arch']}#{r}"
+        if part in done:
+            continue
+        log(
+            f"{spec['arch']}: timing {cfg.measure_steps} training and inference steps "
+            f"(round {r + 1} of {cfg.measure_rounds})"
+        )
+        done.put(part, _in_child({"spec": spec, "steps": cfg.measure_steps}, spec["arch"]))
+    for arch in cfg.archs:
+        results = [done[f"{arch}#{r}"] for r in range(cfg.measure_rounds)]
         measured[arch].update(summarize(results, cfg.batch_size), rounds=results)
-    _write_cache(cache, {"key": key, "archs": measured})
     return measured
 
 
-def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return cached if cached.get("key") == key else None
-
-
-def _write_cache(path: Path, result: Mapping[str, Any]) -> None:
-    from reuse_analysis._io import write_text_atomic
-
-    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+def _round_order(specs: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
+    """Architectures in alternating order, round by round (load drifts even out)."""
+    return specs if r % 2 == 0 else specs[::-1]
 
 
 # ----------------------------------------------------------------------------- outputs

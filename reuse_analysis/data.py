@@ -4,14 +4,21 @@ Names: ``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``fashion-mnist`` (torchv
 downloaded into ``data_dir`` when absent), ``npz:PATH`` (arrays ``x_train y_train x_test
 y_test``, images uint8 N×H×W×C) and ``imagefolder:PATH`` (class folders, split into
 ``train/`` and ``test/`` or ``val/``, as a folder or ``.tar.gz``; a folder holding
-``train.tar.gz`` and ``test.tar.gz`` works too). Small images are decoded once and
-cached as ``.npz`` in ``data_dir``; large ones (ImageNet) stream through ImageFolder.
+``train.tar.gz`` and ``test.tar.gz`` works too). A plain class folder is split: every
+tenth image of each class is held out as the test split (a note on stderr says so), or,
+for evaluating a model that was not trained on it, it is the test split whole.
+
+Only the splits asked for are read: evaluating decodes (and extracts) nothing of the
+training split. Small images are decoded once and cached per split as ``.npz`` in
+``data_dir``; large ones (ImageNet) stream through ImageFolder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +27,8 @@ import torch
 
 from reuse_analysis.errors import ReuseAnalysisError
 
+#: The splits a data set has; ``load_dataset(..., splits=…)`` loads only those asked for.
+SPLITS = ("train", "test")
 TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "mnist", "fashion-mnist")
 # Per-channel mean and std over the training images (÷255), the published values.
 _STATS = {
@@ -29,6 +38,8 @@ _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
 }
+#: Per-channel (mean, std) of images scaled to [0, 1].
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
 # Above this side length images stream from disk with ImageNet-style crops.
 _IN_MEMORY_MAX_SIDE = 64
@@ -120,17 +131,22 @@ def _read_rgb(path: Path) -> torch.Tensor:
 
 @dataclass
 class DataSet:
-    """Train and test splits with what the model and the checkpoint need to know."""
+    """Train and test splits with what the model and the checkpoint need to know.
+
+    A split that was not asked for (``load_dataset(..., splits=("test",))``) is ``None``.
+    """
 
     name: str
-    train: ImageData | FolderData
-    test: ImageData | FolderData
+    train: ImageData | FolderData | None
+    test: ImageData | FolderData | None
     num_classes: int
     in_channels: int
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
+    #: What the test split is, in words ("the test/ folder", "every image of …").
+    test_split: str = "the test split"
 
     def describe(self) -> dict:
         """Plain-data record for checkpoints and model cards."""
@@ -160,7 +176,7 @@ def _from_nhwc(x: np.ndarray, y: np.ndarray) -> ImageData:
     return ImageData(images, labels)
 
 
-def _stats(train: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(train: ImageData) -> Stats:
     """Per-channel mean and std (÷255) of the training images; a channel that never varies
     gets the std of one grey level, so that standardising it stays finite."""
     x = train.images[:: max(1, len(train) // 10000)].to(torch.float64) / 255
@@ -168,57 +184,81 @@ def _stats(train: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
 
 
-def _dataset(name: str, train: ImageData, test: ImageData, classes: list[str]) -> DataSet:
-    mean, std = _STATS.get(name) or _stats(train)
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+def _dataset(
+    name: str,
+    splits: dict[str, ImageData],
+    classes: list[str],
+    stats: Stats | None,
+    train_images: Callable[[], ImageData],
+    *,
+    labels: int = 0,
+    test_split: str = "the test split",
+) -> DataSet:
+    """A DataSet of the splits loaded. Statistics: ``stats`` if they fit the images' channels,
+    else the published ones, else those of the training images (``train_images()`` reads
+    them when the training split was not asked for)."""
+    train, test = splits.get("train"), splits.get("test")
+    ref = train if train is not None else test
+    channels = ref.images.shape[1]
+    if stats is None or len(stats[0]) != channels:
+        stats = _STATS.get(name) or _stats(train if train is not None else train_images())
+    seen = [int(d.labels.max()) + 1 for d in (train, test) if d is not None and len(d)]
     return DataSet(
         name=name,
         train=train,
         test=test,
-        num_classes=max(num_classes, len(classes)),
-        in_channels=train.images.shape[1],
-        image_size=train.images.shape[2],
-        mean=tuple(mean),
-        std=tuple(std),
+        num_classes=max([*seen, labels, len(classes)]),
+        in_channels=channels,
+        image_size=ref.images.shape[2],
+        mean=tuple(stats[0]),
+        std=tuple(stats[1]),
         classes=[str(c) for c in classes],
+        test_split=test_split,
     )
 
 
-def _torchvision(name: str, data_dir: Path, download: bool) -> DataSet:
+def _torchvision(
+    name: str, data_dir: Path, download: bool, splits: Sequence[str], stats: Stats | None
+) -> DataSet:
     from torchvision import datasets
 
     root = data_dir / name
     try:
-        if name in ("cifar10", "cifar100"):
-            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-            tr, te = (cls(root, train=t, download=download) for t in (True, False))
-            return _dataset(
-                name,
-                _from_nhwc(tr.data, tr.targets),
-                _from_nhwc(te.data, te.targets),
-                tr.classes,
-            )
         if name == "svhn":
-            tr, te = (datasets.SVHN(root, split=s, download=download) for s in ("train", "test"))
-            train = ImageData(torch.from_numpy(tr.data), torch.as_tensor(tr.labels))
-            test = ImageData(torch.from_numpy(te.data), torch.as_tensor(te.labels))
-            return _dataset(name, train, test, [str(i) for i in range(10)])
-        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-        tr, te = (cls(root, train=t, download=download) for t in (True, False))
-        return _dataset(
-            name,
-            _from_nhwc(tr.data.numpy(), tr.targets.numpy()),
-            _from_nhwc(te.data.numpy(), te.targets.numpy()),
-            list(tr.classes),
-        )
+            sets = {s: datasets.SVHN(root, split=s, download=download) for s in splits}
+            data = {
+                s: ImageData(torch.from_numpy(d.data), torch.as_tensor(d.labels))
+                for s, d in sets.items()
+            }
+            classes = [str(i) for i in range(10)]
+        else:
+            cls = {
+                "cifar10": datasets.CIFAR10,
+                "cifar100": datasets.CIFAR100,
+                "mnist": datasets.MNIST,
+                "fashion-mnist": datasets.FashionMNIST,
+            }[name]
+            sets = {s: cls(root, train=s == "train", download=download) for s in splits}
+            data = {
+                s: _from_nhwc(np.asarray(d.data), np.asarray(d.targets)) for s, d in sets.items()
+            }
+            classes = list(next(iter(sets.values())).classes)
     except (RuntimeError, OSError) as exc:
         raise DataError(
             f"{name} is not in {root} and could not be downloaded ({exc}); on a machine "
             "without internet, copy the data set there or use npz:PATH / imagefolder:PATH"
         ) from None
+    return _dataset(name, data, classes, stats, _published_only)
 
 
-def _npz(path: Path, name: str) -> DataSet:
+def _published_only() -> ImageData:
+    raise AssertionError("torchvision sets are standardised with the published statistics")
+
+
+def _npz_splits(path: Path, splits: Sequence[str]) -> tuple[dict[str, ImageData], list[str], int]:
+    """The splits asked for from an .npz of x_train, y_train, x_test, y_test (and classes),
+    its classes and the number of labels in both splits; an .npz holds its arrays
+    separately, so only those read are loaded."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (npz:PATH needs x_train, y_train, x_test, y_test)")
     try:
@@ -227,11 +267,20 @@ def _npz(path: Path, name: str) -> DataSet:
             if missing:
                 raise DataError(f"{path} lacks the arrays {', '.join(sorted(missing))}")
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
-            train = _from_nhwc(z["x_train"], z["y_train"])
-            test = _from_nhwc(z["x_test"], z["y_test"])
+            data = {s: _from_nhwc(z[f"x_{s}"], z[f"y_{s}"]) for s in splits}
+            labels = max(int(np.max(z[f"y_{s}"], initial=-1)) + 1 for s in SPLITS)
     except (ValueError, OSError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from None
-    return _dataset(name, train, test, classes)
+    return data, classes, labels
+
+
+def _npz(path: Path, name: str, splits: Sequence[str], stats: Stats | None) -> DataSet:
+    data, classes, labels = _npz_splits(path, splits)
+
+    def train_images() -> ImageData:
+        return _npz_splits(path, ["train"])[0]["train"]
+
+    return _dataset(name, data, classes, stats, train_images, labels=labels)
 
 
 def _extract(archive: Path, data_dir: Path) -> Path:
@@ -250,31 +299,47 @@ def _extract(archive: Path, data_dir: Path) -> Path:
     return dest
 
 
-def _split_roots(path: Path, data_dir: Path) -> dict[str, Path]:
-    """Find the train/test class-folder roots of an imagefolder: argument."""
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        sibling = {s: path.with_name(path.name.replace("train", s)) for s in ("test", "val")}
-        path_dir = _extract(path, data_dir)
-        for split, arch in sibling.items():
-            if "train" in path.name and arch.is_file():
-                test_dir = _extract(arch, data_dir)
-                return {"train": _descend(path_dir, "train"), "test": _descend(test_dir, split)}
-        path = path_dir
+_ARCHIVES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where one split's class folders are: a folder, or an archive extracted on first use;
+    ``folder`` is the split's subfolder in it, when it has one (``train``, ``test``, ``val``)."""
+
+    path: Path
+    folder: str = ""
+
+    def root(self, data_dir: Path) -> Path:
+        base = _extract(self.path, data_dir) if self.path.is_file() else self.path
+        return _descend(base, self.folder) if self.folder else base
+
+
+def _sources(path: Path, data_dir: Path) -> dict[str, _Source]:
+    """The train and test sources of an imagefolder: argument (``{"all": …}`` for a plain
+    class folder), without extracting the archive of a split that is not needed."""
+    if path.is_file() and path.name.endswith(_ARCHIVES):
+        if "train" in path.name:
+            for split in ("test", "val"):
+                sibling = path.with_name(path.name.replace("train", split))
+                if sibling.is_file():
+                    return {"train": _Source(path, "train"), "test": _Source(sibling, split)}
+        path = _extract(path, data_dir)  # one archive holding the whole data set
     if path.is_dir():
         tarballs = {p.name.split(".")[0]: p for p in path.glob("*.tar.gz")}
         if "train" in tarballs and ("test" in tarballs or "val" in tarballs):
-            test = tarballs.get("test") or tarballs["val"]
+            test = "test" if "test" in tarballs else "val"
             return {
-                "train": _descend(_extract(tarballs["train"], data_dir), "train"),
-                "test": _descend(_extract(test, data_dir), test.name.split(".")[0]),
+                "train": _Source(tarballs["train"], "train"),
+                "test": _Source(tarballs[test], test),
             }
-        roots = {s: _descend(path, s) for s in ("train", "test", "val")}
-        if roots["train"] != path and (roots["test"] != path or roots["val"] != path):
+        has = {s: (path / s).is_dir() for s in ("train", "test", "val")}
+        if has["train"] and (has["test"] or has["val"]):
             return {
-                "train": roots["train"],
-                "test": roots["test"] if roots["test"] != path else roots["val"],
+                "train": _Source(path, "train"),
+                "test": _Source(path, "test" if has["test"] else "val"),
             }
-        return {"all": path}
+        return {"all": _Source(path)}
     raise DataError(f"{path}: no such folder or archive for imagefolder:")
 
 
@@ -298,97 +363,240 @@ def _class_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _decode(files: list[tuple[Path, int]]) -> ImageData:
+def _decode(files: list[tuple[Path, int]], what: str) -> ImageData:
     from PIL import Image
     from tqdm import tqdm
 
     images = []
-    for f, _ in tqdm(files, desc=f"decoding {files[0][0].parent.parent.name}", unit="img"):
+    for f, _ in tqdm(files, desc=f"decoding {what}", unit="img"):
         with Image.open(f) as im:
             images.append(np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im))
     return _from_nhwc(np.stack(images), np.array([label for _, label in files]))
 
 
-def _imagefolder(path: Path, data_dir: Path, name: str) -> DataSet:
-    roots = _split_roots(path, data_dir)
-    classes, train_files = _class_files(roots.get("train", roots.get("all")))
+def _holdout(files: list[tuple[Path, int]], every: int = 10) -> dict[str, list[tuple[Path, int]]]:
+    """Every tenth image of each class (in file order) is the test split (deterministic)."""
+    seen: dict[int, int] = {}
+    split: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
+    for f, label in files:
+        n = seen[label] = seen.get(label, -1) + 1
+        split["test" if n % every == 0 else "train"].append((f, label))
+    return split
+
+
+def _note(message: str) -> None:
+    """A line on stderr that does not break a progress bar (stdout is for results)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+class _Folder:
+    """The class folders of an imagefolder: argument, listed (and extracted) on first use."""
+
+    def __init__(self, path: Path, data_dir: Path, whole: bool) -> None:
+        self.path, self.data_dir = path, data_dir
+        self.sources = _sources(path, data_dir)
+        self.plain = "all" in self.sources
+        self.whole = whole and self.plain
+        self._listed: dict[str, tuple[list[str], list[tuple[Path, int]]]] = {}
+
+    def files(self, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+        """Classes and (file, label) pairs of ``split`` (``train``, ``test`` or ``all``)."""
+        if self.plain:
+            if "all" not in self._listed:
+                self._listed["all"] = _class_files(self.sources["all"].root(self.data_dir))
+            classes, files = self._listed["all"]
+            return classes, files if split == "all" else _holdout(files)[split]
+        if split not in self._listed:
+            self._listed[split] = _class_files(self.sources[split].root(self.data_dir))
+        return self._listed[split]
+
+    def describe_test(self, images: int) -> str:
+        if self.whole:
+            return f"every image of {self.path} ({images}; it has no train/test folders)"
+        if self.plain:
+            return f"every tenth image of each class of {self.path} ({images} images held out)"
+        return f"the {self.sources['test'].folder}/ split of {self.path} ({images} images)"
+
+
+class _SplitCache:
+    """Decoded splits of small images in ``data_dir``: ``KEY.SPLIT.npz`` (``SPLIT``: train,
+    test, or ``all`` for a whole folder), KEY from the data set's name. The older ``KEY.npz``
+    of both splits, which runs in progress read, stays valid and is read first."""
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        self.data_dir = data_dir
+        self.key = name.replace(":", "_").replace("/", "_")[-60:]
+        self.both = data_dir / f"{self.key}.npz"
+
+    def file(self, split: str) -> Path | None:
+        if split != "all" and self.both.is_file():
+            return self.both
+        path = self.data_dir / f"{self.key}.{split}.npz"
+        return path if path.is_file() else None
+
+    def read(self, split: str) -> tuple[ImageData, list[str]] | None:
+        path = self.file(split)
+        if path is None:
+            return None
+        if path == self.both:
+            data, classes, _ = _npz_splits(path, [split])
+            return data[split], classes
+        return _read_split(path)
+
+    def write(self, split: str, data: ImageData, classes: list[str]) -> None:
+        _save_split(self.data_dir / f"{self.key}.{split}.npz", data, classes)
+
+
+def _imagefolder(
+    path: Path,
+    data_dir: Path,
+    name: str,
+    splits: Sequence[str],
+    stats: Stats | None,
+    whole_folder: bool,
+) -> DataSet:
+    folder = _Folder(path, data_dir, whole_folder)
+    if folder.whole and "train" in splits:
+        raise DataError(f"{path} is evaluated whole: it has no training split")
+    cache = _SplitCache(data_dir, name)
+    stored = {s: "all" if folder.whole else s for s in SPLITS}
+
+    def load(split: str) -> tuple[ImageData, list[str]]:
+        hit = cache.read(stored[split])
+        if hit is not None:
+            return hit
+        classes, files = folder.files(stored[split])
+        data = _decode(files, f"the {'' if folder.whole else split + ' '}images of {path}")
+        cache.write(stored[split], data, classes)
+        return data, classes
+
+    if not all(cache.file(stored[s]) for s in splits):
+        large = _large(folder, name, {s: stored[s] for s in splits}, stats)
+        if large is not None:
+            return large
+    loaded = {s: load(s) for s in splits}
+    data = {s: d for s, (d, _) in loaded.items()}
+    classes = _same_classes(path, [c for _, c in loaded.values()])
+    return _small(folder, name, data, classes, stats, lambda: load("train")[0])
+
+
+def _small(
+    folder: _Folder,
+    name: str,
+    data: dict[str, ImageData],
+    classes: list[str],
+    stats: Stats | None,
+    train_images: Callable[[], ImageData],
+) -> DataSet:
+    if folder.whole and (stats is None or len(stats[0]) != data["test"].images.shape[1]):
+        stats = _stats(data["test"])  # no training images: the folder's own statistics
+    test = data.get("test")
+    described = folder.describe_test(len(test)) if test is not None else "not loaded"
+    if folder.plain and not folder.whole:
+        _note(
+            f"{folder.path} has no train/ and test/ folders, so every tenth image of each "
+            "class is held out as the test split and the rest is the training split"
+        )
+    return _dataset(name, data, classes, stats, train_images, test_split=described)
+
+
+def _large(
+    folder: _Folder, name: str, stored: dict[str, str], stats: Stats | None
+) -> DataSet | None:
+    """Large images (ImageNet) stream from disk: file lists, nothing decoded; None for
+    images small enough to hold in memory. Statistics: ``stats``, else ImageNet's."""
     from PIL import Image
 
-    with Image.open(train_files[0][0]) as im:
-        side = max(im.size)
-    if side > _IN_MEMORY_MAX_SIDE:
-        if "all" in roots:
-            raise DataError(f"{path}: large-image folders need train/ and val/ (or test/) splits")
-        test_classes, test_files = _class_files(roots["test"])
-        if test_classes != classes:
-            raise DataError(f"{roots['test']} has other classes than {roots['train']}")
-
-        def split(files: list[tuple[Path, int]]) -> FolderData:
-            return FolderData([f for f, _ in files], torch.tensor([c for _, c in files]))
-
-        return DataSet(
-            name=name,
-            train=split(train_files),
-            test=split(test_files),
-            num_classes=len(classes),
-            in_channels=3,
-            image_size=224,
-            mean=(0.485, 0.456, 0.406),  # the ImageNet statistics everyone uses
-            std=(0.229, 0.224, 0.225),
-            classes=classes,
+    listed = {s: folder.files(stored[s]) for s in stored}
+    with Image.open(next(iter(listed.values()))[1][0][0]) as im:
+        if max(im.size) <= _IN_MEMORY_MAX_SIDE:
+            return None
+    if folder.plain and not folder.whole:
+        raise DataError(
+            f"{folder.path}: large-image folders need train/ and val/ (or test/) splits"
         )
-    cache = data_dir / f"{name.replace(':', '_').replace('/', '_')[-60:]}.npz"
-    if cache.is_file():
-        return _npz(cache, name)
-    if "all" in roots:
-        data = _decode(train_files)
-        train, test = _holdout(data)
-    else:
-        train = _decode(train_files)
-        test_classes, test_files = _class_files(roots["test"])
-        if test_classes != classes:
-            raise DataError(f"{roots['test']} has other classes than {roots['train']}")
-        test = _decode(test_files)
-    _save_npz(cache, train, test, classes)
-    return _dataset(name, train, test, classes)
+    classes = _same_classes(folder.path, [c for c, _ in listed.values()])
 
+    def split(files: list[tuple[Path, int]]) -> FolderData:
+        return FolderData([f for f, _ in files], torch.tensor([c for _, c in files]))
 
-def _holdout(data: ImageData, fraction: float = 0.1) -> tuple[ImageData, ImageData]:
-    """Every tenth image of each class becomes the test split (deterministic)."""
-    test_mask = torch.zeros(len(data), dtype=torch.bool)
-    for c in data.labels.unique():
-        idx = (data.labels == c).nonzero().flatten()
-        test_mask[idx[:: round(1 / fraction)]] = True
-    return (
-        ImageData(data.images[~test_mask], data.labels[~test_mask]),
-        ImageData(data.images[test_mask], data.labels[test_mask]),
+    data = {s: split(files) for s, (_, files) in listed.items()}
+    test = data.get("test")
+    if stats is None or len(stats[0]) != 3:
+        stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the ImageNet statistics
+    return DataSet(
+        name=name,
+        train=data.get("train"),
+        test=test,
+        num_classes=len(classes),
+        in_channels=3,
+        image_size=224,
+        mean=tuple(stats[0]),
+        std=tuple(stats[1]),
+        classes=classes,
+        test_split=folder.describe_test(len(test)) if test is not None else "not loaded",
     )
 
 
-def _save_npz(path: Path, train: ImageData, test: ImageData, classes: list[str]) -> None:
+def _same_classes(path: Path, lists: list[list[str]]) -> list[str]:
+    if any(c != lists[0] for c in lists[1:]):
+        raise DataError(f"{path}: the test classes differ from the training classes")
+    return lists[0]
+
+
+def _read_split(path: Path) -> tuple[ImageData, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return _from_nhwc(z["x"], z["y"]), [str(c) for c in z["classes"]]
+    except (ValueError, OSError, KeyError) as exc:
+        raise DataError(
+            f"{path} is not a readable cache ({exc}); delete it to decode again"
+        ) from None
+
+
+def _save_split(path: Path, data: ImageData, classes: list[str]) -> None:
     from reuse_analysis._io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(
             fh,
-            x_train=train.images.permute(0, 2, 3, 1).numpy(),
-            y_train=train.labels.numpy(),
-            x_test=test.images.permute(0, 2, 3, 1).numpy(),
-            y_test=test.labels.numpy(),
+            x=data.images.permute(0, 2, 3, 1).numpy(),
+            y=data.labels.numpy(),
             classes=np.array(classes),
         )
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", *, download: bool = True) -> DataSet:
-    """Load a data set by name (see the module docstring); raises DataError with a fix."""
+def load_dataset(
+    name: str,
+    data_dir: str | Path = "data",
+    *,
+    download: bool = True,
+    splits: Sequence[str] = SPLITS,
+    stats: Stats | None = None,
+    whole_folder: bool = False,
+) -> DataSet:
+    """Load a data set by name (see the module docstring); raises DataError with a fix.
+
+    ``splits``: the ones to load (``("test",)`` to evaluate: nothing of the training split
+    is decoded); the others are ``None``. ``stats``: the (mean, std) to standardise with,
+    e.g. those a model was trained with; without them (or when they do not fit the images'
+    channels) the published ones or the training images' own. ``whole_folder``: a plain
+    class folder (no train/test folders) is the test split whole instead of being split
+    90/10 (for evaluating a model that was not trained on it; test split only).
+    """
     data_dir = Path(data_dir)
+    splits = tuple(dict.fromkeys(splits))
+    if not splits or set(splits) - set(SPLITS):
+        raise DataError(f"splits must be some of {', '.join(SPLITS)}, not {splits}")
     if name in TORCHVISION_SETS:
-        return _torchvision(name, data_dir, download)
+        return _torchvision(name, data_dir, download, splits, stats)
     kind, _, arg = name.partition(":")
     if kind == "npz" and arg:
-        return _npz(Path(arg).expanduser(), name)
+        return _npz(Path(arg).expanduser(), name, splits, stats)
     if kind == "imagefolder" and arg:
-        return _imagefolder(Path(arg).expanduser(), data_dir, name)
+        return _imagefolder(Path(arg).expanduser(), data_dir, name, splits, stats, whole_folder)
     raise DataError(
         f"unknown data set {name!r}; use one of {', '.join(TORCHVISION_SETS)}, "
         "npz:PATH or imagefolder:PATH"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reuse_analysis.checkpoint import load_checkpoint
-from reuse_analysis.data import DataError, load_dataset
+from reuse_analysis.data import SPLITS, DataError, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.runtime import eval_subset, evaluate, pick_device
 
@@ -61,27 +61,46 @@ def recorded_data(
     dataset: str | None,
     data_dir: str | os.PathLike[str],
     config: Mapping[str, Any] | None = None,
+    *,
+    splits: Sequence[str] = SPLITS,
 ) -> Any:
     """The data set named (default: the one the checkpoint records), standardised with the
     statistics the model was trained with when the checkpoint records them, and checked
-    against the model's input channels and classes (``config``)."""
+    against the model's input channels and classes (``config``).
+
+    Only ``splits`` are loaded: with the recorded statistics, evaluating (``("test",)``)
+    reads nothing of the training images. A plain class folder (no train/test folders) is
+    split 90/10 when the model was trained on it (the held-out tenth is what it has not
+    seen) and is evaluated whole otherwise.
+    """
     recorded = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     name = dataset or recorded.get("name")
     if name is None:
         raise ReuseAnalysisError(f"{path} records no data set; pass --dataset NAME")
+    trained_on_it = name == recorded.get("name")
+    stats = (recorded["mean"], recorded["std"]) if recorded.get("mean") else None
     try:
-        ds = load_dataset(name, data_dir)
+        ds = load_dataset(
+            name,
+            data_dir,
+            splits=splits,
+            stats=stats,
+            whole_folder=not trained_on_it and "train" not in splits,
+        )
     except DataError as exc:
         if dataset is not None:
             raise
         raise DataError(
             f"{exc} (the data set recorded in {path}); pass --dataset NAME where it is"
         ) from None
-    if recorded.get("mean") and len(recorded["mean"]) == ds.in_channels:
-        # The model was trained on inputs standardised with these statistics.
-        ds.mean, ds.std = tuple(recorded["mean"]), tuple(recorded["std"])
     if config is not None:
         check_model_fits_data(path, config, name, ds)
+    known = recorded.get("classes")
+    if trained_on_it and known and ds.classes and list(known) != ds.classes:
+        raise DataError(
+            f"{name} now has the classes {', '.join(ds.classes)}, but {path} was trained "
+            f"on {', '.join(known)}; pass --dataset NAME of the same classes"
+        )
     return ds
 
 
@@ -96,20 +115,20 @@ def evaluate_checkpoint(
     trust_pickle: bool = False,
     checkpoint: Any = None,
 ) -> dict[str, Any]:
-    """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one.
+    """Top-1 accuracy and mean loss of a checkpoint on a test split; the data set defaults
+    to the recorded one. ``split`` in the result says which images the test split is.
 
     ``checkpoint``: the file already loaded (``load_checkpoint(path)``), so it is read once."""
     ckpt = checkpoint or load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
-    ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config)
-    if ds.test is None:
-        raise ReuseAnalysisError(f"{ds.name}: no in-memory test split to evaluate on")
+    ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config, splits=("test",))
     test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)
     return {
         "model": str(path),
         "dataset": ds.name,
+        "split": ds.test_split,
         "images": len(test),
         "accuracy": acc,
         "loss": loss,

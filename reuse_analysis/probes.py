@@ -34,8 +34,6 @@ stopped.
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reuse_analysis._io import write_text_atomic
+from reuse_analysis.cache import Cache, Record
+from reuse_analysis.cache import weights_hash as state_hash
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.models._efficient import (
     as_matrix,
@@ -172,16 +171,6 @@ def config_from_structure(structure: DenseNetStructure, where: str = "the weight
         f"{where}: data-driven metrics need a model the toolkit can run, and {problem}; "
         "weight-only metrics (--metric weight / bn-weight) still work"
     )
-
-
-def state_hash(state_dict: Mapping[str, Tensor]) -> str:
-    """SHA-256 of every tensor (name, dtype, shape, bytes): identifies the weights."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- the images
@@ -500,36 +489,6 @@ def _taylor_chunk(
     return result
 
 
-# ----------------------------------------------------------------------------- the store
-class _Store:
-    """Per-chunk results of one metric on one model and image set, kept in a JSON file."""
-
-    def __init__(self, path: Path | None, key: dict[str, Any]) -> None:
-        self.path, self.key = path, key
-        self.chunks: dict[str, dict[str, Any]] = {}
-        self._saved = time.monotonic()
-        if path is not None and path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("key") == key:
-                self.chunks = saved.get("chunks", {})
-
-    def save(self, force: bool = False) -> None:
-        if self.path is None or (not force and time.monotonic() - self._saved < _SAVE_EVERY_S):
-            return
-        write_text_atomic(self.path, json.dumps({"key": self.key, "chunks": self.chunks}))
-        self._saved = time.monotonic()
-
-
-def _store_path(cache_dir: Path | None, metric: str, key: dict[str, Any]) -> Path | None:
-    if cache_dir is None:
-        return None
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / f"{metric}-{digest}.json"
-
-
 # ----------------------------------------------------------------------------- public API
 def connection_table(
     model: nn.Module,
@@ -558,7 +517,7 @@ def connection_table(
     columns = structure.targets("oldest-first")
     param = next(model.parameters())
     key = _cache_key(model, x, y, metric, loss, chunk_size, param.dtype, data_key)
-    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
+    store = Cache(cache_dir or None).record(metric, key, save_every_s=_SAVE_EVERY_S)
     total = len(x)
     chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
     probe = _PROBES[metric]
@@ -567,7 +526,7 @@ def connection_table(
     try:
         for i, rows in enumerate(chunks):
             if run.done(i) < run.per_chunk:
-                saved = store.chunks.setdefault(str(i), {})
+                saved = store.parts.setdefault(str(i), {})
                 xb, yb = x[rows].to(param.device, param.dtype), y[rows].to(param.device)
                 probe.run(run, xb, yb, saved)
                 store.save()
@@ -576,7 +535,7 @@ def connection_table(
         raise
     run.bar.close()
     store.save(force=True)
-    return _table(metric, structure, columns, store.chunks, total)
+    return _table(metric, structure, columns, store.parts, total)
 
 
 def _check_request(metric: str, x: Tensor, y: Tensor) -> None:
@@ -618,7 +577,7 @@ class _ChunkRun:
     columns: Sequence[Target]
     loss: LossFn
     batch_size: int
-    store: _Store
+    store: Record
     per_column: bool  # progress counts target columns (ablation, the long one), not chunks
     bar: Any = None
 
@@ -629,7 +588,7 @@ class _ChunkRun:
 
     def done(self, i: int) -> int:
         """Progress units of chunk ``i`` already in the store."""
-        saved = self.store.chunks.get(str(i), {})
+        saved = self.store.parts.get(str(i), {})
         if self.per_column:
             return sum(c.key in saved for c in self.columns)
         return int(bool(saved))
@@ -690,7 +649,7 @@ def _ablation_chunk(
     batch_size: int,
     saved: dict[str, Any],
     bar: Any,
-    store: _Store,
+    store: Record,
 ) -> None:
     outs = net.block_outputs(x)
     logits = net.after_block(len(outs) - 1, outs[-1])

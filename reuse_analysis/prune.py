@@ -225,34 +225,27 @@ def _evaluator(
 ):
     """``evaluate(state_dict) → (loss, accuracy)`` on a fixed subset of the test split.
 
-    With ``cache_dir``, results are kept in ``evaluations.json`` there, keyed by the
+    With ``cache_dir``, results are kept there (:mod:`reuse_analysis.cache`), keyed by the
     weights' hash and the test images, so the same weights are never evaluated twice
     (repeated ``prune`` runs all measure the same unpruned model first).
     """
-    import json
-    from pathlib import Path
-
-    from reuse_analysis._io import write_text_atomic
-    from reuse_analysis.probes import state_hash
+    from reuse_analysis.cache import Cache, weights_hash
     from reuse_analysis.runtime import eval_subset, evaluate
 
     if ds.test is None or len(ds.test) == 0:
         raise PruneError(f"{ds.name} has no test split to measure accuracy on")
     test = eval_subset(ds.test, limit)
-    store = Path(cache_dir) / "evaluations.json" if cache_dir is not None else None
-    where = json.dumps([ds.name, len(test), list(ds.mean), list(ds.std)])
+    cache = Cache(cache_dir)
+    where = [ds.name, len(test), list(ds.mean), list(ds.std)]
+
+    def measure(state_dict: Mapping[str, torch.Tensor]) -> list[float]:
+        model.load_state_dict(dict(state_dict))
+        return list(evaluate(model, test, ds, device, batch_size=batch_size, progress=True))
 
     def run(state_dict: Mapping[str, torch.Tensor]) -> tuple[float, float]:
-        key = f"{state_hash(state_dict)}|{where}"
-        saved = json.loads(store.read_text()) if store is not None and store.is_file() else {}
-        if key in saved:
-            return tuple(saved[key])  # type: ignore[return-value]
-        model.load_state_dict(dict(state_dict))
-        result = evaluate(model, test, ds, device, batch_size=batch_size, progress=True)
-        if store is not None:
-            saved = json.loads(store.read_text()) if store.is_file() else {}
-            write_text_atomic(store, json.dumps({**saved, key: list(result)}))
-        return result
+        inputs = {"weights": weights_hash(state_dict), "test": where}
+        loss, acc = cache.compute("evaluation", inputs, lambda: measure(state_dict))
+        return loss, acc
 
     run.images = len(test)  # type: ignore[attr-defined]
     return run
@@ -602,35 +595,17 @@ def _sweep_name(metric: str, fraction: float) -> str:
 
 def _sweep_store(s: _Setup, scope: str):
     """The sweep's finished rows (from the cache) and ``keep(name, row)``, which adds one."""
-    import hashlib
-    import json
-
-    from reuse_analysis._io import write_text_atomic
-    from reuse_analysis.probes import state_hash
+    from reuse_analysis.cache import Cache, weights_hash
 
     settings, ds = s.settings, s.data
     key = {
-        "weights": state_hash(s.state_dict),
+        "weights": weights_hash(s.state_dict),
         "test": [ds.name, s.evaluate.images, list(ds.mean), list(ds.std)],  # type: ignore[attr-defined]
         "scope": scope,
         "probe": [settings.dataset or ds.name, settings.split, settings.images],
     }
-    store_path = None
-    cache = settings.cache_path()
-    if cache is not None:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        store_path = Path(cache) / f"sweep-{digest}.json"
-    done: dict[str, Any] = {}
-    if store_path is not None and store_path.is_file():
-        saved = json.loads(store_path.read_text())
-        done = saved.get("results", {}) if saved.get("key") == key else {}
-
-    def keep(name: str, row: dict[str, Any]) -> None:
-        done[name] = row
-        if store_path is not None:
-            write_text_atomic(store_path, json.dumps({"key": key, "results": done}))
-
-    return done, keep
+    done = Cache(settings.cache_path()).record("sweep", key)
+    return done, done.put
 
 
 def _unpruned_row(s: _Setup) -> dict[str, Any]:

@@ -142,11 +142,57 @@ def _test_images(meta: dict[str, Any]) -> str:
 
 
 def _dataset(meta: dict[str, Any]) -> str:
+    """The data set's name and the sizes of its splits (not what training used of them)."""
     ds = meta.get("dataset")
-    if isinstance(ds, dict):
-        size = ds.get("train_size")
-        return f"{ds.get('name')} ({size} training images)" if size else str(ds.get("name"))
-    return "not recorded in the checkpoint"
+    if not isinstance(ds, dict):
+        return "not recorded in the checkpoint"
+    sizes = [
+        f"{n:,} {split} images"
+        for split, n in (("training", ds.get("train_size")), ("test", ds.get("test_size")))
+        if isinstance(n, int)
+    ]
+    return f"{ds.get('name')} ({' and '.join(sizes)})" if sizes else str(ds.get("name"))
+
+
+#: What each of ``train --schedule``'s learning-rate schedules does, in words.
+_SCHEDULES = {
+    "paper": "lr {lr}, ÷10 at 50 % and 75 % of the epochs (the paper's schedule)",
+    "onecycle": "one-cycle lr (15 % warm-up to {lr}, cosine to 0)",
+    "cosine": "cosine lr from {lr} to 0",
+}
+
+
+def _training(meta: dict[str, Any]) -> tuple[str, str]:
+    """How the weights were trained, from the ``train_config`` the checkpoint records: which
+    training images for how many epochs, and the recipe (schedule, batch, regularisation)."""
+    cfg = meta.get("train_config")
+    epoch = meta.get("epoch")
+    if not isinstance(cfg, dict):
+        done = f"{epoch} epoch(s)" if isinstance(epoch, int) else "not recorded in the checkpoint"
+        return done, "not recorded in the checkpoint"
+    ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    size, limit = ds.get("train_size"), cfg.get("limit_train")
+    if isinstance(limit, int) and (not isinstance(size, int) or limit < size):
+        of = f" of {size:,}" if isinstance(size, int) else ""
+        images = f"{limit:,} training images{of} (a fixed random subset, seed {cfg.get('seed')})"
+    else:
+        images = f"all {size:,} training images" if isinstance(size, int) else "all training images"
+    planned = cfg.get("epochs")
+    if isinstance(epoch, int) and isinstance(planned, int) and epoch < planned:
+        epochs = f"{epoch} of {planned} planned epochs (saved before the end of the run)"
+    else:
+        epochs = f"{epoch if isinstance(epoch, int) else planned} epochs"
+    # Checkpoints from before --schedule existed were all trained with the paper's.
+    schedule = cfg.get("schedule") or "paper"
+    recipe = [
+        _SCHEDULES.get(schedule, f"{schedule} schedule (peak lr {{lr}})").format(lr=cfg.get("lr")),
+        f"batch {cfg.get('batch_size')}",
+    ]
+    if cfg.get("label_smoothing"):
+        recipe.append(f"label smoothing {cfg['label_smoothing']}")
+    if "augment" in cfg:
+        recipe.append("random crops and flips" if cfg["augment"] else "no augmentation")
+    return f"{images}, {epochs}", ", ".join(recipe)
 
 
 def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
@@ -167,6 +213,8 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
             f"{m.input_size} image (estimated from the weights' shapes)",
             f"    input channels: {s['input_channels']}, classes: {s['num_classes']}",
             f"    data set: {_dataset(m.meta)}",
+            f"    trained on: {_training(m.meta)[0]}",
+            f"    recipe: {_training(m.meta)[1]}",
             f"    accuracy: {_accuracy(m.meta)}",
             f"    concat order assumed: {m.table.attrs.get('concat_order')}",
             f"    metric: {_metric_line(m.table)}",

@@ -207,3 +207,47 @@ def test_speed_is_the_fastest_step_of_all_rounds():
         "infer_img_s": 32.0,
         "peak_train_mb": 11.0,
     }
+
+
+def test_interrupted_measurements_resume_with_the_rounds_not_measured(
+    tmp_path, tiny_npz, monkeypatch
+):
+    """Each round of each architecture is kept as soon as it is measured (fake, instant
+    measurements here: the child process is what the other tests run for real)."""
+    import reuse_analysis.compare as compare_module
+    from reuse_analysis.data import load_dataset
+
+    cfg = _cfg(tmp_path, tiny_npz, measure_rounds=2)
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    calls, stop_at = [], [3]
+
+    def fake_child(task, arch):
+        calls.append(arch)
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return {"train_s": [len(calls) / 10], "infer_s": [0.5], "peak_train_mb": len(calls)}
+
+    monkeypatch.setattr(compare_module, "_in_child", fake_child)
+
+    def measure(notes=None):
+        log = notes.append if notes is not None else lambda m: None
+        return compare_module._measure_all(cfg, ds, (3, 16, 16), "hw", log)
+
+    with pytest.raises(KeyboardInterrupt):
+        measure()
+    assert calls == ["d2l_densenet", "resnet18", "resnet18"]  # round 2 runs in reverse order
+    calls.clear()
+    stop_at[0] = 0
+    measured = measure()
+    assert calls == ["resnet18", "d2l_densenet"]  # only round 2 was missing
+    assert [r["peak_train_mb"] for r in measured["d2l_densenet"]["rounds"]] == [1, 2]
+    assert [r["peak_train_mb"] for r in measured["resnet18"]["rounds"]] == [2, 1]
+    assert measured["resnet18"]["train_img_s"] == pytest.approx(8 / 0.1)  # batch / fastest
+    calls.clear()
+    notes = []
+    assert measure(notes) == measured and calls == []
+    assert sum("reusing the measurements" in n for n in notes) == 1
+    # other settings are other measurements
+    cfg = _cfg(tmp_path, tiny_npz, measure_rounds=2, measure_steps=2)
+    measure()
+    assert len(calls) == 4
