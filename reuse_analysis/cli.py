@@ -3,7 +3,8 @@
 Every argument is checked while click parses, a missing MODEL file included, before a
 command imports torch, pandas or matplotlib; then the command calls the library and prints
 what it returned: paths and ``--json`` on stdout, notes on stderr. The shared options live
-in :mod:`reuse_analysis.options`, the printed text and JSON in :mod:`reuse_analysis.text`.
+in :mod:`reuse_analysis.options`, the printed text and JSON in :mod:`reuse_analysis.text`,
+the commands that chain several library steps in :mod:`reuse_analysis.workflows`.
 """
 
 from __future__ import annotations

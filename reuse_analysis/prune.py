@@ -571,7 +571,7 @@ def write_sweep(df: pd.DataFrame, path: str) -> None:
 
 
 def read_sweep(path: str) -> pd.DataFrame:
-    """A sweep table written by :func:`write_sweep` (``prune --sweep``), checked."""
+    """A sweep table written by ``prune --sweep`` (its CSV), checked."""
     from pathlib import Path
 
     try:
