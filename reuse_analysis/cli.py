@@ -334,9 +334,9 @@ def report(
         fail(f"cannot write {output}: a report is a PDF, use the .pdf extension")
     from reuse_analysis.workflows import write_model_report
 
-    results = write_model_report(models, output, probe=_settings(probe), **kwargs)
+    reports = write_model_report(models, output, probe=_settings(probe), **kwargs)
     order = kwargs["concat_order"]
-    _note(f"{len(results)} model(s); concat order {order}; {_measured(results[0])}")
+    _note(f"{len(reports)} model(s); concat order {order}; {_measured(reports[0])}")
     click.echo(str(output))
 
 

@@ -23,7 +23,7 @@ def to_json(payload: Any) -> str:
 
 
 def measured(result: Any) -> str:
-    """``metric ablation on 1000 train images of cifar10``, for notes on stderr."""
+    """``metric ablation on 1000 train images of cifar10`` (of anything with a ``.table``)."""
     a = result.table.attrs
     on = (
         f" on {a['images']} {a.get('split', '')} images of {a.get('dataset')}"

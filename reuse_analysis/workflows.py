@@ -51,7 +51,8 @@ def write_model_report(
     sweep: str | os.PathLike[str] | None = None,
     trust_pickle: bool = False,
 ) -> list[Any]:
-    """Analyse ``models`` and write one PDF report on them; returns the analyses.
+    """Analyse ``models`` and write one PDF report on them; returns each model's
+    :class:`reuse_analysis.report.ModelReport` (its name, table, observations …).
 
     Models with the same name are told apart by their paths. ``agreement`` adds each
     model's agreement page; ``sweep`` (a CSV of ``prune --sweep``) the first model's
@@ -78,7 +79,7 @@ def write_model_report(
         )
         reports.append(model_report(r, agreement=agreed, sweep=swept if i == 0 else None))
     write_report(reports, output)
-    return results
+    return reports
 
 
 def write_sweep_outputs(df: pd.DataFrame, figure: str | os.PathLike[str]) -> tuple[Path, Path]:
