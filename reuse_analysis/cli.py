@@ -37,11 +37,13 @@ from reuse_analysis.options import (
     int_list,
     interrupted_exits,
     json_option,
+    measure_options,
     metric_option,
     model_argument,
     models_argument,
     output_option,
     probe_options,
+    speed_options,
     test_images_option,
     training_options,
     trust_option,
@@ -554,23 +556,12 @@ def card(model: Path, train_command: str, output: Path | None, as_json: bool, **
     old=("--out",),
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .train.pt.")
-@click.option("--amp", is_flag=True, help="Mixed precision (fp16 on CUDA, bf16 on CPU).")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on most HW).")
-@click.option(
-    "--memory-efficient", is_flag=True, help="Recompute bottlenecks in backward to save memory."
-)
 @click.option(
     "--snapshot-epochs",
     callback=int_list,
     help="Also keep a copy of the model after these epochs, e.g. 1,2,5,10.",
 )
-@click.option(
-    "--checkpoint-minutes",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Save the training state mid-epoch this often.",
-)
+@speed_options
 @json_option("the summary (model file, epochs, test accuracy, seconds)")
 @handles_bad_input
 def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
@@ -625,21 +616,7 @@ def evaluate(model: Path, limit_test: int | None, as_json: bool, **kwargs: Any) 
     epochs=3,
     lr_help="Initial learning rate for every architecture; ÷10 at 50 % and 75 % of the epochs.",
 )
-@click.option(
-    "--measure-steps",
-    type=click.IntRange(1),
-    default=3,
-    show_default=True,
-    help="Timed training and inference steps per architecture and round.",
-)
-@click.option(
-    "--measure-rounds",
-    type=click.IntRange(1),
-    default=2,
-    show_default=True,
-    help="Rounds of speed measurements, architectures in alternating order; the fastest "
-    "step counts (other processes only slow steps down).",
-)
+@measure_options
 @click.option(
     "--work-dir",
     default="trained_models/compare",

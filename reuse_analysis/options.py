@@ -472,3 +472,48 @@ cut_options = stacked(
         ),
     ]
 )
+
+
+#: `train`'s options on how a run uses the machine: precision, memory layout, recomputation
+#: and how often the state is saved.
+speed_options = stacked(
+    [
+        click.option("--amp", is_flag=True, help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
+        click.option(
+            "--channels-last", is_flag=True, help="NHWC memory format (faster on most HW)."
+        ),
+        click.option(
+            "--memory-efficient",
+            is_flag=True,
+            help="Recompute bottlenecks in backward to save memory.",
+        ),
+        click.option(
+            "--checkpoint-minutes",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="Save the training state mid-epoch this often.",
+        ),
+    ]
+)
+
+#: `compare`'s options on how speeds are measured.
+measure_options = stacked(
+    [
+        click.option(
+            "--measure-steps",
+            type=click.IntRange(1),
+            default=3,
+            show_default=True,
+            help="Timed training and inference steps per architecture and round.",
+        ),
+        click.option(
+            "--measure-rounds",
+            type=click.IntRange(1),
+            default=2,
+            show_default=True,
+            help="Rounds of speed measurements, architectures in alternating order; the fastest "
+            "step counts (other processes only slow steps down).",
+        ),
+    ]
+)
