@@ -2,50 +2,123 @@
 
 This is the Python entry point behind the ``heatmap``, ``table`` and ``info`` commands::
 
-    from reuse_analysis.analysis import analyze
-    result = analyze("model.pt")
+    import reuse_analysis
+    result = reuse_analysis.analyze("model.pt")
     result.table            # one row per (block, source, target)
     result.structure        # blocks, layers, growth rate, transitions, classifier
+    result.heatmap()        # the paper's Figure 5 as a matplotlib Figure
 
 ``metric=`` picks what the table measures: ``weight`` (the paper's), ``bn-weight``, or one
 of the data-driven metrics ``activation``, ``ablation``, ``taylor`` (they run the model on
 the images that ``probe=ProbeSettings(...)`` describes; see :mod:`reuse_analysis.probes`).
+:func:`reuse_analysis.traced.analyze_traced` returns the same :class:`Analysis` for any
+network that concatenates earlier tensors, found by tracing instead of by weight names.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.metrics import input_channel_usage, reuse_table
+from reuse_analysis.metrics import REGISTRY, MetricInputs, compute_tables, input_channel_usage
 from reuse_analysis.structure import ConcatOrder, DenseNetStructure, infer_structure
-from reuse_analysis.tables import METRICS, WEIGHT_METRICS
+from reuse_analysis.tables import METRICS
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from reuse_analysis.observations import Observation, TransitionRedundancy
     from reuse_analysis.probes import ProbeSettings
+    from reuse_analysis.traced import TracedStructure
+
+#: The data attributes a data-driven table records, copied into the JSON under ``data``.
+_DATA_ATTRS = ("dataset", "split", "images")
 
 
-@dataclass
+@dataclass(eq=False)
 class Analysis:
-    """The reuse table together with the structure and checkpoint it was computed from."""
+    """A reuse table with the structure, weights and checkpoint it was computed from.
+
+    Both :func:`analyze` (structure from weight names and shapes) and
+    :func:`~reuse_analysis.traced.analyze_traced` (structure from the traced graph) return
+    one. What costs time beyond the table, such as the per-channel usage behind
+    :meth:`redundancy`, is computed on first use.
+    """
 
     table: pd.DataFrame
-    structure: DenseNetStructure
-    checkpoint: LoadedCheckpoint | None
+    structure: DenseNetStructure | TracedStructure
     model_name: str
-    #: Per block and input channel, the mean |w| its layers give it (transition redundancy);
-    #: BN-scaled for ``bn-weight``, plain |w| for the data-driven metrics.
-    usage: pd.DataFrame
+    checkpoint: LoadedCheckpoint | None = None
     #: The weights (a state_dict on the CPU), for commands that go on to run the model.
     state_dict: dict[str, torch.Tensor] | None = None
+    #: The traced model (traced analysis only).
+    model: torch.nn.Module | None = None
+    #: Block index → θ of the transition after it.
+    compressions: dict[int, float] = field(default_factory=dict)
+    _usage: Callable[[], pd.DataFrame] | None = field(default=None, repr=False)
+
+    @cached_property
+    def usage(self) -> pd.DataFrame:
+        """Per block and input channel of ``x_0``: the mean |w| the block's layers give it
+        (BN-scaled for ``bn-weight``, plain |w| for the data-driven metrics)."""
+        if self._usage is None:
+            raise ReuseAnalysisError("this analysis has no weights to measure channel usage on")
+        return self._usage()
+
+    def heatmap(self, **style: Any) -> Figure:
+        """The paper's Figure 5 of this table (``normalize``, ``cmap``, ``title``,
+        ``annotate``: see :func:`reuse_analysis.plotting.plot_reuse_heatmap`)."""
+        from reuse_analysis.plotting import plot_reuse_heatmap
+
+        return plot_reuse_heatmap(self.table, **style)
+
+    def observations(self) -> list[Observation]:
+        """The paper's four observations, each with its statistic and verdict."""
+        from reuse_analysis.observations import observations
+
+        return observations(self.table)
+
+    def redundancy(self) -> list[TransitionRedundancy]:
+        """Per transition: how much of its output the next block uses."""
+        from reuse_analysis.observations import transition_redundancy
+
+        return transition_redundancy(self.table, self.usage, self.compressions)
+
+    def to_csv(self) -> str:
+        """The table as CSV, exactly the columns of ``reuse-analysis table``."""
+        return self.table.to_csv(index=False, float_format="%.9g", lineterminator="\n")
+
+    def to_json(self) -> str:
+        """The table as JSON (``table --format json``): what was assumed, then the rows.
+
+        The same keys for every analysis: ``model, structure, concat_order, metric,
+        layout`` (per block, ``dense`` or ``matrix``), ``data`` for a data-driven metric,
+        ``columns`` and ``rows``.
+        """
+        df = self.table
+        data = {k: df.attrs[k] for k in _DATA_ATTRS if k in df.attrs}
+        layout = df.attrs.get("layout") or {int(b): "dense" for b in df["block"].unique()}
+        payload = {
+            "model": self.model_name,
+            "structure": df.attrs["structure"],
+            "concat_order": df.attrs["concat_order"],
+            "metric": df.attrs["metric"],
+            "layout": layout,
+            **({"data": data} if data else {}),
+            "columns": list(df.columns),
+            "rows": json.loads(df.to_json(orient="records", double_precision=15)),
+        }
+        return json.dumps(payload, indent=2) + "\n"
 
 
 def _as_state_dict(source: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict:
@@ -75,11 +148,17 @@ def check_metric(metric: str, concat_order: str) -> None:
     """Raise an input error for an unknown metric, or a concat order a metric cannot honour."""
     if metric not in METRICS:
         raise ReuseAnalysisError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-    if metric not in WEIGHT_METRICS and concat_order != "oldest-first":
+    if METRICS[metric].data_driven and concat_order != "oldest-first":
         raise ReuseAnalysisError(
             f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first; "
             "--concat-order newest-first applies to the weight-only metrics"
         )
+
+
+def _default_name(source: object, checkpoint: LoadedCheckpoint | None) -> str:
+    if checkpoint is not None:
+        return Path(checkpoint.path).stem
+    return type(source).__name__ if isinstance(source, torch.nn.Module) else "state_dict"
 
 
 def analyze(
@@ -100,21 +179,25 @@ def analyze(
     """
     check_metric(metric, concat_order)
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
-    if name is None:
-        if checkpoint is not None:
-            name = Path(checkpoint.path).stem
-        else:
-            name = type(source).__name__ if isinstance(source, torch.nn.Module) else "state_dict"
-    if metric in WEIGHT_METRICS:
-        table = reuse_table(state_dict, structure, concat_order, metric)
-        usage = input_channel_usage(state_dict, structure, concat_order, metric)
-    else:
-        from reuse_analysis.probes import probe_table
-
-        table = probe_table(metric, state_dict, structure, checkpoint, probe)
-        usage = input_channel_usage(state_dict, structure, concat_order)
+    name = name or _default_name(source, checkpoint)
+    inputs = MetricInputs(state_dict, structure, checkpoint, probe, concat_order=concat_order)
+    table = REGISTRY[metric].compute(inputs)
     table.attrs["model"] = name
-    return Analysis(table, structure, checkpoint, name, usage, state_dict)
+    # Channel usage is a weight statistic: BN-scaled for bn-weight, plain |w| otherwise.
+    usage_metric = metric if not METRICS[metric].data_driven else "weight"
+
+    def usage() -> pd.DataFrame:
+        return input_channel_usage(state_dict, structure, concat_order, usage_metric)
+
+    return Analysis(
+        table,
+        structure,
+        name,
+        checkpoint,
+        state_dict,
+        compressions=structure.compressions,
+        _usage=usage,
+    )
 
 
 def metric_tables(
@@ -129,14 +212,4 @@ def metric_tables(
     for metric in metrics:
         check_metric(metric, "oldest-first")
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
-    tables = {
-        m: reuse_table(state_dict, structure, "oldest-first", m)
-        for m in metrics
-        if m in WEIGHT_METRICS
-    }
-    data = [m for m in metrics if m not in WEIGHT_METRICS]
-    if data:
-        from reuse_analysis.probes import probe_tables
-
-        tables.update(probe_tables(data, state_dict, structure, checkpoint, probe))
-    return {m: tables[m] for m in metrics}
+    return compute_tables(metrics, MetricInputs(state_dict, structure, checkpoint, probe))

@@ -24,6 +24,7 @@ import torch
 
 from reuse_analysis._io import atomic_path
 from reuse_analysis.errors import CheckpointError
+from reuse_analysis.structure import count_parameters  # re-exported: it lives with the shapes
 
 #: Marks files written by this toolkit, so that later commands rebuild the model from them.
 FORMAT_TAG = "reuse-analysis/1"
@@ -379,12 +380,6 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not a reuse-analysis training state; start the run without --resume"
         )
     return obj
-
-
-def count_parameters(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Number of learnable values: every tensor except batch-norm running statistics."""
-    skip = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(v.numel() for k, v in state_dict.items() if not k.endswith(skip))
 
 
 def human_count(n: int) -> str:

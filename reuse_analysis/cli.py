@@ -248,21 +248,7 @@ def table(
 
 
 def _table_text(result: Any, fmt: str) -> str:
-    df = result.table
-    if fmt == "csv":
-        return df.to_csv(index=False, float_format="%.9g", lineterminator="\n")
-    data = {k: df.attrs[k] for k in ("dataset", "split", "images") if k in df.attrs}
-    payload = {
-        "model": result.model_name,
-        "structure": df.attrs["structure"],
-        "concat_order": df.attrs["concat_order"],
-        "metric": df.attrs["metric"],
-        **({"layout": df.attrs["layout"]} if "layout" in df.attrs else {}),
-        **({"data": data} if data else {}),
-        "columns": list(df.columns),
-        "rows": json.loads(df.to_json(orient="records", double_precision=15)),
-    }
-    return json.dumps(payload, indent=2) + "\n"
+    return result.to_csv() if fmt == "csv" else result.to_json()
 
 
 @cli.command()
@@ -356,10 +342,9 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
     factor θ that keeps 90 % of the usage.
     """
     from reuse_analysis.analysis import analyze
-    from reuse_analysis.report import model_report
 
     result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
-    reds = model_report(result).redundancy()
+    reds = result.redundancy()
     if as_json:
         payload = {
             "model": result.model_name,

@@ -9,7 +9,7 @@ from typing import Any
 from reuse_analysis.checkpoint import load_checkpoint
 from reuse_analysis.data import DataError, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.train import eval_subset, evaluate, pick_device
+from reuse_analysis.runtime import eval_subset, evaluate, pick_device
 
 
 def rebuild_model(checkpoint: Any):
@@ -94,9 +94,12 @@ def evaluate_checkpoint(
     limit: int | None = None,
     device: str = "auto",
     trust_pickle: bool = False,
+    checkpoint: Any = None,
 ) -> dict[str, Any]:
-    """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one."""
-    ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one.
+
+    ``checkpoint``: the file already loaded (``load_checkpoint(path)``), so it is read once."""
+    ckpt = checkpoint or load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
     ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config)
     if ds.test is None:

@@ -15,29 +15,37 @@ on images live in :mod:`reuse_analysis.probes`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from reuse_analysis.errors import StructureError
-from reuse_analysis.structure import (
-    Classifier,
-    ConcatOrder,
-    DenseBlock,
-    DenseNetStructure,
-    Transition,
+from reuse_analysis.structure import ConcatOrder, DenseBlock, DenseNetStructure
+from reuse_analysis.tables import (
+    METRICS,
+    WEIGHT_METRICS,
+    MetricInfo,
+    build_table,
+    column_minmax,
+    value_column,
 )
-from reuse_analysis.tables import WEIGHT_METRICS, build_table, column_minmax, value_column
 
 __all__ = [
     "BN_EPS",
     "COLUMNS",
+    "REGISTRY",
+    "Metric",
+    "MetricInputs",
     "block_rows",
     "bn_scale",
     "channel_usage",
     "column_minmax",
+    "compute_tables",
     "input_channel_usage",
     "reuse_table",
     "value_column",
@@ -61,18 +69,6 @@ def channel_usage(weight: torch.Tensor) -> np.ndarray:
     # |w| summed per input channel in float64: exact enough for hand-checked tables.
     per_channel = np.abs(w).swapaxes(0, 1).reshape(w.shape[1], -1)
     return per_channel.sum(axis=1, dtype=np.float64) / per_channel.shape[1]
-
-
-def _target_weights(block: DenseBlock) -> list[tuple[int, str, str, str | None]]:
-    """``(target, kind, weight key, norm in front)`` for every target column of the block."""
-    targets = [(layer.index, "layer", layer.first_conv.key, layer.norm) for layer in block.layers]
-    if isinstance(block.extra, Transition):
-        t = block.extra
-        targets.append((block.num_layers + 1, "transition", t.conv.key, t.norm))
-    elif isinstance(block.extra, Classifier):
-        c = block.extra
-        targets.append((block.num_layers + 1, "classifier", c.key, c.norm))
-    return targets
 
 
 def bn_scale(
@@ -104,13 +100,21 @@ def _check_width(key: str, weight: torch.Tensor, expected: int) -> None:
         )
 
 
+def _no_scale(
+    state_dict: Mapping[str, torch.Tensor], norm: str | None, weight_key: str, width: int
+) -> np.ndarray:
+    return np.ones(width)
+
+
+#: Per weight-only metric: the per-input-channel factor applied to the mean |w|.
+_CHANNEL_SCALES = {"weight": _no_scale, "bn-weight": bn_scale}
+
+
 def _usage(
     state_dict: Mapping[str, torch.Tensor], key: str, norm: str | None, metric: str
 ) -> np.ndarray:
     usage = channel_usage(state_dict[key])
-    if metric == "bn-weight":
-        usage = usage * bn_scale(state_dict, norm, key, len(usage))
-    return usage
+    return usage * _CHANNEL_SCALES[metric](state_dict, norm, key, len(usage))
 
 
 def _check_metric(metric: str) -> None:
@@ -131,13 +135,13 @@ def block_rows(
     """Raw ``(block, source, target, kind, value)`` rows of one dense block."""
     _check_metric(metric)
     rows = []
-    for target, kind, key, norm in _target_weights(block):
-        slices = block.source_slices(target, concat_order)
-        weight = state_dict[key]
-        _check_width(key, weight, max(stop for _, _, stop in slices))
-        usage = _usage(state_dict, key, norm, metric)
-        for source, start, stop in slices:
-            rows.append((block.index, source, target, kind, float(usage[start:stop].mean())))
+    for target in block.targets(concat_order):
+        key = target.weight_key
+        _check_width(key, state_dict[key], max(stop for _, _, stop in target.slices))
+        usage = _usage(state_dict, key, target.norm, metric)
+        for source, start, stop in target.slices:
+            value = float(usage[start:stop].mean())
+            rows.append((block.index, source, target.index, target.kind, value))
     return rows
 
 
@@ -186,3 +190,91 @@ def input_channel_usage(
             pd.DataFrame({"block": block.index, "channel": np.arange(len(usage)), "usage": usage})
         )
     return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- registry
+class MetricInputs:
+    """What a metric may need: the weights and their structure, and for the data-driven
+    metrics the checkpoint they came from and the probe settings (which images, device).
+
+    The runnable model and the images are built once, on first use, and shared by every
+    data-driven metric computed from the same inputs (``setup``: a model and data set
+    already built, :class:`reuse_analysis.probes.ProbeSetup`). ``seed`` seeds the random
+    baseline of pruning sweeps.
+    """
+
+    def __init__(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        structure: DenseNetStructure,
+        checkpoint: Any = None,
+        settings: Any = None,
+        *,
+        concat_order: ConcatOrder = "oldest-first",
+        progress: bool = True,
+        setup: Any = None,
+        seed: int = 0,
+    ) -> None:
+        self.state_dict = state_dict
+        self.structure = structure
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.concat_order = concat_order
+        self.progress = progress
+        self.setup = setup
+        self.seed = seed
+
+    @cached_property
+    def probe(self) -> Any:
+        """``(model, images, labels, data key)`` for the data-driven metrics (built once)."""
+        from reuse_analysis.probes import ProbeSettings, probe_inputs
+
+        self.settings = self.settings or ProbeSettings()
+        return probe_inputs(
+            self.state_dict, self.structure, self.checkpoint, self.settings, self.setup
+        )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: what it measures (:class:`MetricInfo`) and how it is computed."""
+
+    info: MetricInfo
+    compute: Callable[[MetricInputs], pd.DataFrame]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def data_driven(self) -> bool:
+        return self.info.data_driven
+
+
+def _weight_metric(name: str) -> Callable[[MetricInputs], pd.DataFrame]:
+    def compute(inputs: MetricInputs) -> pd.DataFrame:
+        return reuse_table(inputs.state_dict, inputs.structure, inputs.concat_order, name)
+
+    return compute
+
+
+def _data_metric(name: str) -> Callable[[MetricInputs], pd.DataFrame]:
+    def compute(inputs: MetricInputs) -> pd.DataFrame:
+        from reuse_analysis.probes import measured_table
+
+        model, x, y, data_key = inputs.probe
+        return measured_table(name, model, x, y, data_key, inputs.settings, inputs.progress)
+
+    return compute
+
+
+#: Every ``--metric``, by name: its description and the function that computes its table.
+REGISTRY: dict[str, Metric] = {
+    name: Metric(info, (_data_metric if info.data_driven else _weight_metric)(name))
+    for name, info in METRICS.items()
+}
+
+
+def compute_tables(names: Sequence[str], inputs: MetricInputs) -> dict[str, pd.DataFrame]:
+    """The reuse table of each metric in ``names`` on the same inputs (images shared)."""
+    return {name: REGISTRY[name].compute(inputs) for name in names}

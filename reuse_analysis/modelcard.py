@@ -40,7 +40,7 @@ def make_card(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on its data set's whole test split and describe it."""
     ckpt = load_checkpoint(model)
-    result = evaluate_checkpoint(model, data_dir=data_dir, device=device)
+    result = evaluate_checkpoint(model, data_dir=data_dir, device=device, checkpoint=ckpt)
     meta = ckpt.meta
     history = meta.get("history", [])
     return {

@@ -49,9 +49,15 @@ from torch import Tensor, nn
 
 from reuse_analysis._io import write_text_atomic
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.models._efficient import _bn_relu as _efficient_bn_relu
-from reuse_analysis.models._efficient import _bottleneck, _matrix, _nchw, _scale_shift, _scratch
-from reuse_analysis.structure import Classifier, DenseNetStructure, Transition, infer_structure
+from reuse_analysis.models._efficient import (
+    as_matrix,
+    as_nchw,
+    bn_relu,
+    bn_scale_shift,
+    fused_bottleneck,
+    scratch_buffer,
+)
+from reuse_analysis.structure import DenseNetStructure, Target, infer_structure
 from reuse_analysis.tables import DATA_METRICS, build_table
 
 #: ``(logits, labels) → per-image loss``; the default is cross-entropy.
@@ -191,7 +197,7 @@ def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: 
 
 def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
     """A fixed random subset of ``images`` images of a split, standardised, no augmentation."""
-    from reuse_analysis.train import eval_subset
+    from reuse_analysis.runtime import eval_subset
 
     if split not in SPLITS:
         raise ProbeError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -204,34 +210,6 @@ def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------------------- connections
-@dataclass(frozen=True)
-class _Column:
-    """One target column: the sources it reads and where their channels are."""
-
-    block: int  # 1-based
-    target: int  # 1-based; L+1 is the transition or classifier
-    kind: str  # layer | transition | classifier
-    slices: tuple[tuple[int, int, int], ...]  # (source, start, stop)
-
-    @property
-    def key(self) -> str:
-        return f"{self.block}/{self.target}"
-
-
-def _columns(structure: DenseNetStructure) -> list[_Column]:
-    out = []
-    for block in structure.blocks:
-        targets = [(layer.index, "layer") for layer in block.layers]
-        if isinstance(block.extra, Transition):
-            targets.append((block.num_layers + 1, "transition"))
-        elif isinstance(block.extra, Classifier):
-            targets.append((block.num_layers + 1, "classifier"))
-        for target, kind in targets:
-            slices = tuple(block.source_slices(target, "oldest-first"))
-            out.append(_Column(block.index, target, kind, slices))
-    return out
-
-
 def _partial(conv: nn.Conv2d, a: Tensor, start: int, stop: int) -> Tensor:
     """The part of ``conv(a)`` that input channels ``start:stop`` contribute (no bias)."""
     return F.conv2d(
@@ -244,14 +222,12 @@ class _Net:
     """A :class:`DenseNet` run piece by piece: stem → blocks and transitions → head."""
 
     def __init__(self, model: nn.Module) -> None:
-        features = model.features
-        names = list(features._modules)
-        count = len(model.config.block_config)
-        self.stem = [features._modules[n] for n in names[: names.index("denseblock1")]]
-        self.blocks = [features._modules[f"denseblock{b}"] for b in range(1, count + 1)]
-        self.transitions = [features._modules.get(f"transition{b}") for b in range(1, count + 1)]
-        self.norm5 = features.norm5
-        self.classifier = model.classifier
+        parts = model.parts()
+        self.stem = list(parts.stem)
+        self.blocks = list(parts.blocks)
+        self.transitions = list(parts.transitions)
+        self.norm5 = parts.head_norm
+        self.classifier = parts.classifier
         for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
             if conv.groups != 1:
                 raise ProbeError("grouped first convolutions are not supported")
@@ -271,8 +247,8 @@ class _Net:
         matrix per later layer, then the transition's (or the logits' ``[n, classes]``).
         """
         n, c, h, w = prefix.shape
-        rows = _matrix(prefix)
-        ws = _scratch(prefix, c)
+        rows = as_matrix(prefix)
+        ws = scratch_buffer(prefix, c)
         parts = [
             _first_conv_rows(layer.norm1, layer.conv1, rows, 0, (n, h, w), ws)
             for layer in self.layers(b)[start:]
@@ -303,14 +279,14 @@ class _Net:
         buf = new.new_empty(images, h, w, width)  # channels-last, as in the fused block
         mat = buf.view(-1, width)
         buf[..., :k].copy_(new.permute(0, 2, 3, 1))
-        ws = _scratch(new, width)
+        ws = scratch_buffer(new, width)
         filled = k
         for layer, common in zip(layers, shared, strict=False):
             y = _first_conv_rows(layer.norm1, layer.conv1, mat[:, :filled], c, (images, h, w), ws)
-            y = layer.drop1(_nchw(_add_shared_rows(y, common), images, h, w))
+            y = layer.drop1(as_nchw(_add_shared_rows(y, common), images, h, w))
             if layer.bottleneck:
                 y = layer.drop2(layer.conv2(layer.relu2(layer.norm2(y))))
-            mat[:, filled : filled + y.shape[1]].copy_(_matrix(y))
+            mat[:, filled : filled + y.shape[1]].copy_(as_matrix(y))
             filled += y.shape[1]
         return buf.permute(0, 3, 1, 2)
 
@@ -320,9 +296,9 @@ class _Net:
         images, _, h, w = rest.shape
         t = self.transitions[b]
         if t is not None:
-            ws = _scratch(rest, rest.shape[1])
-            z = _first_conv_rows(t.norm, t.conv, _matrix(rest), c, (images, h, w), ws)
-            z = _nchw(_add_shared_rows(z, shared), images, h, w)
+            ws = scratch_buffer(rest, rest.shape[1])
+            z = _first_conv_rows(t.norm, t.conv, as_matrix(rest), c, (images, h, w), ws)
+            z = as_nchw(_add_shared_rows(z, shared), images, h, w)
             return self.from_block(b + 1, t.pool(t.drop(z)))
         own = self.pooled(rest, c) @ self.classifier.weight[:, c:].t()
         return _add_shared_rows(own, shared)
@@ -352,7 +328,7 @@ class _Net:
     def pooled(self, out: Tensor, first: int = 0) -> Tensor:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
         scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
-        a = _efficient_bn_relu(out, scale[:, None, None], shift[:, None, None])
+        a = bn_relu(out, scale[:, None, None], shift[:, None, None])
         return F.adaptive_avg_pool2d(a, 1).flatten(1)
 
 
@@ -363,7 +339,7 @@ def _new_channels(layer: nn.Module) -> int:
 def _sliced_scale_shift(norm: nn.BatchNorm2d, first: int, count: int) -> tuple[Tensor, Tensor]:
     """The eval-mode batch norm of input channels ``first … first+count`` as ``x·scale + shift``."""
     part = slice(first, first + count)
-    scale, shift, _ = _scale_shift(
+    scale, shift, _ = bn_scale_shift(
         norm.running_mean[part], norm.running_var[part], norm.eps,
         norm.weight[part], norm.bias[part],
     )  # fmt: skip
@@ -385,11 +361,11 @@ def _first_conv_rows(
     scale, shift = _sliced_scale_shift(norm, first, c)
     weight = conv.weight[:, first : first + c]
     if weight.shape[2:] == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0):
-        out = _bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
+        out = fused_bottleneck(rows, scale, shift, weight.reshape(weight.shape[0], c), ws)
     else:
-        a = _nchw(_efficient_bn_relu(rows, scale, shift), *shape)
+        a = as_nchw(bn_relu(rows, scale, shift), *shape)
         args = (conv.stride, conv.padding, conv.dilation)
-        out = _matrix(F.conv2d(a, weight, None, *args)).contiguous()
+        out = as_matrix(F.conv2d(a, weight, None, *args)).contiguous()
     if first == 0 and conv.bias is not None:
         out += conv.bias
     return out
@@ -407,7 +383,7 @@ def _groups(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 # ----------------------------------------------------------------------------- per chunk
-def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[str, list]:
+def _activation_chunk(net: _Net, columns: Sequence[Target], x: Tensor) -> dict[str, list]:
     """Σ over the chunk's images of mean |P_s| (over output channels and pixels)."""
     outs = net.block_outputs(x)
     result = {}
@@ -418,7 +394,7 @@ def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[
             parts = [pooled[:, s:e] @ w[:, s:e].t() for _, s, e in col.slices]
         else:
             if col.kind == "layer":
-                layer = net.layers(b)[col.target - 1]
+                layer = net.layers(b)[col.index - 1]
                 norm, relu, conv = layer.norm1, layer.relu1, layer.conv1
             else:
                 t = net.transitions[b]
@@ -431,7 +407,7 @@ def _activation_chunk(net: _Net, columns: Sequence[_Column], x: Tensor) -> dict[
 
 def _variant_logits(
     net: _Net,
-    col: _Column,
+    col: Target,
     out: Tensor,
     sources: Sequence[tuple[int, int, int]],
     shared: Sequence[Tensor] = (),
@@ -450,7 +426,7 @@ def _variant_logits(
         z = t.conv(a)
         cut = torch.cat([z - _partial(t.conv, a, s, e) for _, s, e in sources])
         return net.from_block(b + 1, t.pool(t.drop(cut)))
-    layer = net.layers(b)[col.target - 1]
+    layer = net.layers(b)[col.index - 1]
     c = layer.conv1.in_channels
     prefix = out[:, :c]
     a = layer.relu1(layer.norm1(prefix))
@@ -459,14 +435,14 @@ def _variant_logits(
     if layer.bottleneck:
         new = layer.drop2(layer.conv2(layer.relu2(layer.norm2(new))))
     if not shared:
-        shared = net.shared_parts(b, prefix, col.target)
-    rest = net.rest_of_block(b, c, new, col.target, shared[:-1])
+        shared = net.shared_parts(b, prefix, col.index)
+    rest = net.rest_of_block(b, c, new, col.index, shared[:-1])
     return net.after_shared_block(b, c, rest, shared[-1])
 
 
 def _ablation_column(
     net: _Net,
-    col: _Column,
+    col: Target,
     out: Tensor,
     y: Tensor,
     base_loss: Tensor,
@@ -479,8 +455,8 @@ def _ablation_column(
     per_pass = max(1, batch_size // n)
     shared: Sequence[Tensor] = ()
     if col.kind == "layer":
-        c = net.layers(col.block - 1)[col.target - 1].conv1.in_channels
-        shared = net.shared_parts(col.block - 1, out[:, :c], col.target)
+        c = net.layers(col.block - 1)[col.index - 1].conv1.in_channels
+        shared = net.shared_parts(col.block - 1, out[:, :c], col.index)
     result = []
     for sources in _groups(col.slices, per_pass):
         logits = _variant_logits(net, col, out, sources, shared)
@@ -498,7 +474,7 @@ def _ablation_column(
 
 
 def _taylor_chunk(
-    model: nn.Module, columns: Sequence[_Column], x: Tensor, y: Tensor, loss: LossFn
+    model: nn.Module, columns: Sequence[Target], x: Tensor, y: Tensor, loss: LossFn
 ) -> dict[str, list]:
     """−Σ (∂L/∂w)·w per connection with L the chunk's summed loss (chunks add up; the
     caller divides by the number of images to get the mean loss's estimate)."""
@@ -511,7 +487,7 @@ def _taylor_chunk(
         elif col.kind == "transition":
             weights[col.key] = net.transitions[b].conv.weight
         else:
-            weights[col.key] = net.layers(b)[col.target - 1].conv1.weight
+            weights[col.key] = net.layers(b)[col.index - 1].conv1.weight
     params = list(weights.values())
     with torch.enable_grad():
         value = loss(model(x), y).sum()
@@ -576,20 +552,52 @@ def connection_table(
     to a JSON file keyed by the weights, ``data_key`` (what identifies the images), the
     loss and the chunking, so a rerun continues an interrupted computation.
     """
-    from tqdm import tqdm
+    _check_request(metric, x, y)
+    model.eval()
+    structure = infer_structure(model.state_dict())
+    columns = structure.targets("oldest-first")
+    param = next(model.parameters())
+    key = _cache_key(model, x, y, metric, loss, chunk_size, param.dtype, data_key)
+    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
+    total = len(x)
+    chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
+    probe = _PROBES[metric]
+    run = _ChunkRun(model, _Net(model), columns, loss, batch_size, store, probe.per_column)
+    run.bar = _progress_bar(metric, run, len(chunks), progress)
+    try:
+        for i, rows in enumerate(chunks):
+            if run.done(i) < run.per_chunk:
+                saved = store.chunks.setdefault(str(i), {})
+                xb, yb = x[rows].to(param.device, param.dtype), y[rows].to(param.device)
+                probe.run(run, xb, yb, saved)
+                store.save()
+    except KeyboardInterrupt:
+        _save_on_interrupt(run)
+        raise
+    run.bar.close()
+    store.save(force=True)
+    return _table(metric, structure, columns, store.chunks, total)
 
-    if metric not in DATA_METRICS:
+
+def _check_request(metric: str, x: Tensor, y: Tensor) -> None:
+    if metric not in _PROBES:
         raise ValueError(f"metric must be one of {', '.join(DATA_METRICS)}, not {metric!r}")
     if len(x) == 0 or len(x) != len(y):
         raise ProbeError(f"need images with one label each, got {len(x)} images, {len(y)} labels")
-    model.eval()
-    structure = infer_structure(model.state_dict())
-    columns = _columns(structure)
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    total = len(x)
-    chunks = [slice(i, min(i + chunk_size, total)) for i in range(0, total, chunk_size)]
-    key = {
+
+
+def _cache_key(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    metric: str,
+    loss: LossFn,
+    chunk_size: int,
+    dtype: torch.dtype,
+    data_key: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What identifies a computation: weights, images, loss, chunking and precision."""
+    return {
         "version": _CACHE_VERSION,
         "metric": metric,
         "weights": state_hash(model.state_dict()),
@@ -598,50 +606,73 @@ def connection_table(
         "chunk_size": chunk_size,
         "dtype": str(dtype),
     }
-    store = _Store(_store_path(Path(cache_dir) if cache_dir else None, metric, key), key)
-    # Progress counts target columns for ablation (the long one), chunks otherwise.
-    per_chunk = len(columns) if metric == "ablation" else 1
 
-    def done(i: int) -> int:
-        saved = store.chunks.get(str(i), {})
-        return sum(c.key in saved for c in columns) if per_chunk > 1 else int(bool(saved))
 
-    bar = tqdm(
-        total=len(chunks) * per_chunk,
-        initial=sum(done(i) for i in range(len(chunks))),
+@dataclass
+class _ChunkRun:
+    """One connection_table computation: the model run piece by piece, its columns, the
+    store of finished chunks and the progress bar."""
+
+    model: nn.Module
+    net: _Net
+    columns: Sequence[Target]
+    loss: LossFn
+    batch_size: int
+    store: _Store
+    per_column: bool  # progress counts target columns (ablation, the long one), not chunks
+    bar: Any = None
+
+    @property
+    def per_chunk(self) -> int:
+        """Progress units per chunk of images."""
+        return len(self.columns) if self.per_column else 1
+
+    def done(self, i: int) -> int:
+        """Progress units of chunk ``i`` already in the store."""
+        saved = self.store.chunks.get(str(i), {})
+        if self.per_column:
+            return sum(c.key in saved for c in self.columns)
+        return int(bool(saved))
+
+
+def _progress_bar(metric: str, run: _ChunkRun, chunks: int, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=chunks * run.per_chunk,
+        initial=sum(run.done(i) for i in range(chunks)),
         desc=metric,
-        unit="column" if metric == "ablation" else "chunk",
+        unit="column" if run.per_column else "chunk",
         disable=not progress,
         dynamic_ncols=True,
     )
-    net = _Net(model)
-    try:
-        for i, rows in enumerate(chunks):
-            if done(i) == per_chunk:
-                continue
-            saved = store.chunks.setdefault(str(i), {})
-            xb = x[rows].to(device, dtype)
-            yb = y[rows].to(device)
-            if metric == "taylor":
-                saved.update(_taylor_chunk(model, columns, xb, yb, loss))
-                bar.update(1)
-            elif metric == "activation":
-                with torch.inference_mode():
-                    saved.update(_activation_chunk(net, columns, xb))
-                bar.update(1)
-            else:
-                with torch.inference_mode():
-                    _ablation_chunk(net, columns, xb, yb, loss, batch_size, saved, bar, store)
-            store.save()
-    except KeyboardInterrupt:
-        store.save(force=True)
-        bar.close()
-        if store.path is not None:
-            tqdm.write(f"interrupted; results so far are in {store.path}: rerun to continue")
-        raise
-    bar.close()
-    store.save(force=True)
-    return _table(metric, structure, columns, store.chunks, total)
+
+
+def _save_on_interrupt(run: _ChunkRun) -> None:
+    from tqdm import tqdm
+
+    run.store.save(force=True)
+    run.bar.close()
+    if run.store.path is not None:
+        tqdm.write(f"interrupted; results so far are in {run.store.path}: rerun to continue")
+
+
+def _run_taylor(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    saved.update(_taylor_chunk(run.model, run.columns, x, y, run.loss))
+    run.bar.update(1)
+
+
+def _run_activation(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    with torch.inference_mode():
+        saved.update(_activation_chunk(run.net, run.columns, x))
+    run.bar.update(1)
+
+
+def _run_ablation(run: _ChunkRun, x: Tensor, y: Tensor, saved: dict[str, Any]) -> None:
+    with torch.inference_mode():
+        _ablation_chunk(
+            run.net, run.columns, x, y, run.loss, run.batch_size, saved, run.bar, run.store
+        )
 
 
 def _tensor_key(x: Tensor, y: Tensor) -> dict[str, Any]:
@@ -652,7 +683,7 @@ def _tensor_key(x: Tensor, y: Tensor) -> dict[str, Any]:
 
 def _ablation_chunk(
     net: _Net,
-    columns: Sequence[_Column],
+    columns: Sequence[Target],
     x: Tensor,
     y: Tensor,
     loss: LossFn,
@@ -677,10 +708,28 @@ def _ablation_chunk(
         store.save()
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """How a data-driven metric runs: what one chunk of images adds to the saved results,
+    whether progress counts target columns (ablation, the long one) or chunks, and the name
+    of the second stored value per connection, if it keeps one."""
+
+    run: Callable[[_ChunkRun, Tensor, Tensor, dict[str, Any]], None]
+    per_column: bool = False
+    second: str | None = None
+
+
+_PROBES: dict[str, _Probe] = {
+    "activation": _Probe(_run_activation),
+    "ablation": _Probe(_run_ablation, per_column=True, second="accuracy_drop"),
+    "taylor": _Probe(_run_taylor),
+}
+
+
 def _table(
     metric: str,
     structure: DenseNetStructure,
-    columns: Sequence[_Column],
+    columns: Sequence[Target],
     chunks: Mapping[str, Mapping[str, Any]],
     total: int,
 ) -> pd.DataFrame:
@@ -692,9 +741,10 @@ def _table(
             values = np.asarray(chunk[col.key], dtype=np.float64).reshape(len(col.slices), -1)
             sums[:, : values.shape[1]] += values
         for (source, _, _), (value, drop) in zip(col.slices, sums, strict=True):
-            rows.append((col.block, source, col.target, col.kind, value / total))
+            rows.append((col.block, source, col.index, col.kind, value / total))
             drops.append(drop / total)
-    extra = {"accuracy_drop": drops} if metric == "ablation" else None
+    second = _PROBES[metric].second
+    extra = {second: drops} if second else None
     return build_table(
         rows,
         metric,
@@ -726,23 +776,48 @@ def probe_table(
     ]
 
 
+@dataclass
+class ProbeSetup:
+    """The runnable model on its device and the data set it runs on: built once, shared by
+    the data-driven metrics and by commands that go on to evaluate the model (prune)."""
+
+    model: nn.Module
+    data: Any  # a reuse_analysis.data.DataSet
+    device: torch.device
+
+
+def probe_setup(
+    state_dict: Mapping[str, Tensor],
+    structure: DenseNetStructure,
+    checkpoint: Any = None,
+    settings: ProbeSettings | None = None,
+) -> ProbeSetup:
+    """Rebuild the model (:func:`runnable_model`), load its data set and move it to the
+    settings' device."""
+    from reuse_analysis.runtime import pick_device
+
+    settings = settings or ProbeSettings()
+    model = runnable_model(state_dict, structure, checkpoint)
+    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    device = pick_device(settings.device)
+    return ProbeSetup(model.to(device), ds, device)
+
+
 def probe_inputs(
     state_dict: Mapping[str, Tensor],
     structure: DenseNetStructure,
     checkpoint: Any = None,
     settings: ProbeSettings | None = None,
+    setup: ProbeSetup | None = None,
 ) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """The runnable model (on the settings' device), the images, their labels, and the
-    record that identifies the images in the cache."""
-    from reuse_analysis.train import pick_device
-
+    record that identifies the images in the cache (``setup``: reuse a built model)."""
     settings = settings or ProbeSettings()
     if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
         raise ProbeError("--images, --batch-size and the chunk size must be positive")
-    model = runnable_model(state_dict, structure, checkpoint)
-    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    setup = setup or probe_setup(state_dict, structure, checkpoint, settings)
+    ds = setup.data
     x, y = probe_images(ds, settings.split, settings.images)
-    model.to(pick_device(settings.device))
     data_key = {
         "dataset": ds.name,
         "split": settings.split,
@@ -750,7 +825,7 @@ def probe_inputs(
         "mean": list(ds.mean),
         "std": list(ds.std),
     }
-    return model, x, y, data_key
+    return setup.model, x, y, data_key
 
 
 def probe_tables(
@@ -765,22 +840,32 @@ def probe_tables(
     """Several data-driven tables sharing one model and one set of images."""
     settings = settings or ProbeSettings()
     model, x, y, data_key = probe_inputs(state_dict, structure, checkpoint, settings)
-    tables = {}
-    for metric in metrics:
-        df = connection_table(
-            model,
-            x,
-            y,
-            metric,
-            chunk_size=settings.chunk_size,
-            batch_size=settings.batch_size,
-            cache_dir=settings.cache_path(),
-            data_key=data_key,
-            progress=progress,
-        )
-        df.attrs.update(dataset=data_key["dataset"], split=settings.split, images=len(x))
-        tables[metric] = df
-    return tables
+    return {m: measured_table(m, model, x, y, data_key, settings, progress) for m in metrics}
+
+
+def measured_table(
+    metric: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    data_key: Mapping[str, Any],
+    settings: ProbeSettings,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`connection_table` as the settings ask, with the images it saw in ``attrs``."""
+    df = connection_table(
+        model,
+        x,
+        y,
+        metric,
+        chunk_size=settings.chunk_size,
+        batch_size=settings.batch_size,
+        cache_dir=settings.cache_path(),
+        data_key=data_key,
+        progress=progress,
+    )
+    df.attrs.update(dataset=data_key["dataset"], split=settings.split, images=len(x))
+    return df
 
 
 __all__ = [
@@ -788,12 +873,15 @@ __all__ = [
     "LossFn",
     "ProbeError",
     "ProbeSettings",
+    "ProbeSetup",
     "config_from_structure",
     "connection_table",
     "cross_entropy",
     "load_data",
+    "measured_table",
     "probe_images",
     "probe_inputs",
+    "probe_setup",
     "probe_table",
     "probe_tables",
     "runnable_model",

@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from reuse_analysis.errors import ReuseAnalysisError
-from reuse_analysis.structure import Classifier, DenseNetStructure, Transition
+from reuse_analysis.metrics import REGISTRY, MetricInputs, reuse_table
+from reuse_analysis.structure import DenseNetStructure
 from reuse_analysis.tables import KEYS, value_column
 
 SCOPES = ("column", "global")
@@ -98,21 +101,12 @@ def connection_slice(
     concat_order: str = "oldest-first",
 ) -> tuple[str, int, int]:
     """``(weight key, start, stop)``: the input channels of target's weight from source."""
-    if not 1 <= block <= len(structure.blocks):
-        raise PruneError(f"the model has no block {block}")
-    b = structure.blocks[block - 1]
-    if 1 <= target <= b.num_layers:
-        key = b.layers[target - 1].first_conv.key
-    elif target == b.num_layers + 1 and isinstance(b.extra, Transition):
-        key = b.extra.conv.key
-    elif target == b.num_layers + 1 and isinstance(b.extra, Classifier):
-        key = b.extra.key
-    else:
-        raise PruneError(f"block {block} has no target {target}")
-    for s, start, stop in b.source_slices(target, concat_order):
-        if s == source:
-            return key, start, stop
-    raise PruneError(f"target {target} of block {block} reads no source {source}")
+    try:
+        column = structure.target(block, target, concat_order)
+        start, stop = column.slice_of(source)
+    except ValueError as exc:
+        raise PruneError(str(exc)) from None
+    return column.weight_key, start, stop
 
 
 def keep_masks(
@@ -185,6 +179,22 @@ def cut_summary(
 RANDOM = "random"
 
 
+def _random_values(inputs: MetricInputs) -> pd.DataFrame:
+    """The weight table's connections with seeded uniform values: the chance ranking."""
+    import numpy as np
+
+    table = reuse_table(inputs.state_dict, inputs.structure, "oldest-first", "weight")
+    table["mean_abs_weight"] = np.random.default_rng(inputs.seed).random(len(table))
+    return table
+
+
+#: What can rank connections for pruning: every metric, and the random baseline.
+RANKINGS: dict[str, Callable[[MetricInputs], pd.DataFrame]] = {
+    **{name: m.compute for name, m in REGISTRY.items()},
+    RANDOM: _random_values,
+}
+
+
 def connection_values(
     metric: str,
     state_dict: Mapping[str, torch.Tensor],
@@ -193,23 +203,15 @@ def connection_values(
     settings: Any = None,
     *,
     seed: int = 0,
+    inputs: MetricInputs | None = None,
 ) -> pd.DataFrame:
     """The reuse table that ranks connections for pruning (concat order oldest-first: the
-    order of the model that runs). ``random`` gives seeded uniform values instead."""
-    from reuse_analysis.metrics import reuse_table
-    from reuse_analysis.tables import WEIGHT_METRICS
-
-    if metric == RANDOM:
-        import numpy as np
-
-        table = reuse_table(state_dict, structure, "oldest-first", "weight")
-        table["mean_abs_weight"] = np.random.default_rng(seed).random(len(table))
-        return table
-    if metric in WEIGHT_METRICS:
-        return reuse_table(state_dict, structure, "oldest-first", metric)
-    from reuse_analysis.probes import probe_table
-
-    return probe_table(metric, state_dict, structure, checkpoint, settings)
+    order of the model that runs). ``random`` gives seeded uniform values instead.
+    ``inputs`` shares a model and images already built between several rankings."""
+    if metric not in RANKINGS:
+        raise PruneError(f"unknown metric {metric!r}; use {', '.join(RANKINGS)}")
+    inputs = inputs or MetricInputs(state_dict, structure, checkpoint, settings, seed=seed)
+    return RANKINGS[metric](inputs)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -232,7 +234,7 @@ def _evaluator(
 
     from reuse_analysis._io import write_text_atomic
     from reuse_analysis.probes import state_hash
-    from reuse_analysis.train import eval_subset, evaluate
+    from reuse_analysis.runtime import eval_subset, evaluate
 
     if ds.test is None or len(ds.test) == 0:
         raise PruneError(f"{ds.name} has no test split to measure accuracy on")
@@ -329,6 +331,47 @@ def finetune(
     return {k: v.clone() for k, v in tuned.items()}, {**summary, "history": history}
 
 
+# ----------------------------------------------------------------------------- set-up
+@dataclass
+class _Setup:
+    """A checkpoint ready to prune: weights, structure, the model on its device, the data
+    set, the shared inputs of the ranking metrics, and the test-set evaluator."""
+
+    state_dict: dict[str, torch.Tensor]
+    structure: DenseNetStructure
+    checkpoint: Any
+    settings: Any
+    model: torch.nn.Module
+    data: Any
+    inputs: MetricInputs
+    evaluate: Callable[[Mapping[str, torch.Tensor]], tuple[float, float]]
+
+
+def _prepare(
+    path: str,
+    settings: Any,
+    limit: int | None,
+    trust_pickle: bool,
+    check: Callable[[Any], None] | None = None,
+) -> _Setup:
+    """Load the checkpoint and build the model and its data set once, for the rankings
+    (data-driven metrics run the same model on the same data set) and the evaluations.
+    ``check(checkpoint)`` runs before anything is built."""
+    from reuse_analysis.analysis import load_structure
+    from reuse_analysis.probes import ProbeSettings, probe_setup
+
+    settings = settings or ProbeSettings()
+    state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
+    if check is not None:
+        check(ckpt)
+    setup = probe_setup(state_dict, structure, ckpt, settings)
+    inputs = MetricInputs(state_dict, structure, ckpt, settings, setup=setup)
+    evaluate = _evaluator(
+        setup.model, setup.data, limit, setup.device, settings.batch_size, settings.cache_path()
+    )
+    return _Setup(state_dict, structure, ckpt, settings, setup.model, setup.data, inputs, evaluate)
+
+
 # ----------------------------------------------------------------------------- prune
 def prune_checkpoint(
     path: str,
@@ -352,47 +395,63 @@ def prune_checkpoint(
     the zeroed weights, and records under ``prune`` the cut connections, the metric and the
     accuracies. Returns that record.
     """
-    from pathlib import Path
-
-    from reuse_analysis.analysis import load_structure
-    from reuse_analysis.checkpoint import save_checkpoint
-    from reuse_analysis.probes import ProbeSettings, load_data, runnable_model, state_hash
-    from reuse_analysis.train import pick_device
-
-    settings = settings or ProbeSettings()
-    state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
+    check = check_finetunable if finetune_epochs > 0 else None
+    s = _prepare(path, settings, limit, trust_pickle, check)
+    table = connection_values(metric, s.state_dict, s.structure, inputs=s.inputs)
+    cuts = _with_previous_cuts(select_cuts(table, fraction, scope)[CUT_KEYS], s.checkpoint)
+    pruned = apply_cuts(s.state_dict, s.structure, cuts)
+    record = _prune_record(s, table, cuts, pruned, metric, fraction, scope, str(path))
+    final = pruned
     if finetune_epochs > 0:
-        check_finetunable(ckpt)
-    model = runnable_model(state_dict, structure, ckpt)
-    meta = ckpt.meta if ckpt is not None else {}
-    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
-    device = pick_device(settings.device)
-    model.to(device)
-    table = connection_values(metric, state_dict, structure, ckpt, settings)
-    cuts = select_cuts(table, fraction, scope)[CUT_KEYS]
+        final = _finetune_pruned(
+            s, pruned, cuts, record, out, finetune_epochs, finetune_images, finetune_lr,
+            limit, resume,
+        )  # fmt: skip
+    else:
+        record.update(accuracy_after=record["accuracy_pruned"], loss_after=record["loss_pruned"])
+    _save_pruned(s, out, final, record)
+    return record
+
+
+def _with_previous_cuts(cuts: pd.DataFrame, checkpoint: Any) -> pd.DataFrame:
+    """``cuts`` together with those an already pruned checkpoint records."""
+    meta = checkpoint.meta if checkpoint is not None else {}
     previous = meta.get("prune", {}).get("cut") if isinstance(meta.get("prune"), dict) else None
-    if previous:
-        cuts = (
-            pd.concat([cuts_from_record(previous), cuts])
-            .drop_duplicates()
-            .sort_values(CUT_KEYS)
-            .reset_index(drop=True)
-        )
-    masks = keep_masks(state_dict, structure, cuts)
-    pruned = apply_cuts(state_dict, structure, cuts)
-    evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())
-    loss_before, acc_before = evaluate(state_dict)
-    loss_pruned, acc_pruned = evaluate(pruned)
+    if not previous:
+        return cuts
+    return (
+        pd.concat([cuts_from_record(previous), cuts])
+        .drop_duplicates()
+        .sort_values(CUT_KEYS)
+        .reset_index(drop=True)
+    )
+
+
+def _prune_record(
+    s: _Setup,
+    table: pd.DataFrame,
+    cuts: pd.DataFrame,
+    pruned: Mapping[str, torch.Tensor],
+    metric: str,
+    fraction: float,
+    scope: str,
+    path: str,
+) -> dict[str, Any]:
+    """What was cut and the test accuracy before and after cutting."""
+    from reuse_analysis.probes import state_hash
+
+    loss_before, acc_before = s.evaluate(s.state_dict)
+    loss_pruned, acc_pruned = s.evaluate(pruned)
     record: dict[str, Any] = {
         "metric": metric,
         "fraction": fraction,
         "scope": scope,
         "concat_order": "oldest-first",
         "cut": cuts_record(cuts),
-        **cut_summary(cuts, table, structure),
-        "source_model": str(path),
-        "source_sha256": state_hash(state_dict),
-        "test": {"dataset": ds.name, "images": evaluate.images},
+        **cut_summary(cuts, table, s.structure),
+        "source_model": path,
+        "source_sha256": state_hash(s.state_dict),
+        "test": {"dataset": s.data.name, "images": s.evaluate.images},  # type: ignore[attr-defined]
         "accuracy_before": acc_before,
         "loss_before": loss_before,
         "accuracy_pruned": acc_pruned,
@@ -400,41 +459,66 @@ def prune_checkpoint(
     }
     if table.attrs.get("images"):
         record["probe"] = {k: table.attrs.get(k) for k in ("dataset", "split", "images")}
-    final, acc_after, loss_after = pruned, acc_pruned, loss_pruned
-    if finetune_epochs > 0:
-        work = Path(out).with_name(Path(out).stem + ".finetune.pt")
-        final, summary = finetune(
-            ckpt,
-            pruned,
-            masks,
-            dataset=ds.name,
-            data_dir=settings.data_dir,
-            work=str(work),
-            epochs=finetune_epochs,
-            images=finetune_images,
-            lr=finetune_lr,
-            limit=limit,
-            resume=resume,
-            device=settings.device,
-        )
-        acc_after = summary["test_acc"]
-        loss_after = summary["history"][-1]["test_loss"] if summary["history"] else None
-        record["finetune"] = {
-            "epochs": finetune_epochs,
-            "images": finetune_images,
-            "lr": finetune_lr,
-            "history": summary["history"],
-        }
-    record.update(accuracy_after=acc_after, loss_after=loss_after)
-    config = ckpt.config if ckpt is not None and ckpt.config else model.config.to_dict()
+    return record
+
+
+def _finetune_work(out: str) -> Path:
+    return Path(out).with_name(Path(out).stem + ".finetune.pt")
+
+
+def _finetune_pruned(
+    s: _Setup,
+    pruned: Mapping[str, torch.Tensor],
+    cuts: pd.DataFrame,
+    record: dict[str, Any],
+    out: str,
+    epochs: int,
+    images: int | None,
+    lr: float,
+    limit: int | None,
+    resume: bool,
+) -> dict[str, torch.Tensor]:
+    """Fine-tune the pruned weights (cuts held at zero); the results go into ``record``."""
+    final, summary = finetune(
+        s.checkpoint,
+        pruned,
+        keep_masks(s.state_dict, s.structure, cuts),
+        dataset=s.data.name,
+        data_dir=s.settings.data_dir,
+        work=str(_finetune_work(out)),
+        epochs=epochs,
+        images=images,
+        lr=lr,
+        limit=limit,
+        resume=resume,
+        device=s.settings.device,
+    )
+    history = summary["history"]
+    record["finetune"] = {"epochs": epochs, "images": images, "lr": lr, "history": history}
+    record.update(
+        accuracy_after=summary["test_acc"],
+        loss_after=history[-1]["test_loss"] if history else None,
+    )
+    return final
+
+
+def _save_pruned(
+    s: _Setup, out: str, weights: Mapping[str, torch.Tensor], record: dict[str, Any]
+) -> None:
+    """The pruned checkpoint: the original's config and meta, the weights, the record."""
+    from reuse_analysis.checkpoint import save_checkpoint
+
+    ckpt = s.checkpoint
+    meta = ckpt.meta if ckpt is not None else {}
+    config = ckpt.config if ckpt is not None and ckpt.config else s.model.config.to_dict()
     keep = {k: v for k, v in meta.items() if k not in ("format", "arch", "config", "prune")}
-    keep.update(test_acc=acc_after, prune=record)
-    save_checkpoint(out, final, arch=ckpt.arch if ckpt else None, config=config, **keep)
-    if finetune_epochs > 0:
+    keep.update(test_acc=record["accuracy_after"], prune=record)
+    save_checkpoint(out, dict(weights), arch=ckpt.arch if ckpt else None, config=config, **keep)
+    if "finetune" in record:
         # The pruned checkpoint holds everything the fine-tuning files did; the log stays.
+        work = _finetune_work(out)
         for leftover in (work, Path(f"{work.with_suffix('')}.train.pt")):
             leftover.unlink(missing_ok=True)
-    return record
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -468,36 +552,66 @@ def sweep(
     under the probe cache, keyed by the weights and settings, as soon as it is measured, so
     an interrupted sweep continues where it stopped.
     """
-    import hashlib
-    import json
-    from pathlib import Path
-
     from tqdm import tqdm
 
-    from reuse_analysis._io import write_text_atomic
-    from reuse_analysis.analysis import load_structure
-    from reuse_analysis.probes import ProbeSettings, load_data, runnable_model, state_hash
-    from reuse_analysis.tables import DATA_METRICS, METRICS
-    from reuse_analysis.train import pick_device
+    _check_sweep_request(metrics, fractions, scope)
+    s = _prepare(path, settings, limit, trust_pickle)
+    done, keep = _sweep_store(s, scope)
+    if UNPRUNED not in done:
+        keep(UNPRUNED, _unpruned_row(s))
+    todo = [(m, f) for m in metrics for f in fractions]
+    # Every ranking is computed before the first pruned model is evaluated: evaluating
+    # loads pruned weights into the model that the data-driven metrics run.
+    tables = {
+        m: connection_values(m, s.state_dict, s.structure, inputs=s.inputs)
+        for m in dict.fromkeys(m for m, f in todo if _sweep_name(m, f) not in done)
+    }
+    bar = tqdm(total=len(todo), desc="sweep", unit="model", dynamic_ncols=True)
+    for metric, fraction in todo:
+        name = _sweep_name(metric, fraction)
+        if name not in done:
+            keep(name, _sweep_row(s, tables[metric], metric, fraction, scope))
+        bar.update(1)
+    bar.close()
+    names = [UNPRUNED] + [_sweep_name(m, f) for m, f in todo]
+    df = pd.DataFrame([done[n] for n in names], columns=SWEEP_COLUMNS)
+    df.attrs.update(
+        model=Path(path).stem,
+        dataset=s.data.name,
+        test_images=s.evaluate.images,  # type: ignore[attr-defined]
+        scope=scope,
+        probe_images=s.settings.images,
+        probe_split=s.settings.split,
+    )
+    return df
 
-    settings = settings or ProbeSettings()
-    unknown = [m for m in metrics if m not in METRICS and m != RANDOM]
+
+def _check_sweep_request(metrics: list[str], fractions: list[float], scope: str) -> None:
+    unknown = [m for m in metrics if m not in RANKINGS]
     if unknown or not metrics:
         raise PruneError(
-            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; use "
-            f"{', '.join([*METRICS, RANDOM])}"
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; use {', '.join(RANKINGS)}"
         )
     for f in fractions:
         check_request(f, scope)
-    state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
-    model = runnable_model(state_dict, structure, ckpt)
-    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
-    device = pick_device(settings.device)
-    model.to(device)
-    evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())
+
+
+def _sweep_name(metric: str, fraction: float) -> str:
+    return f"{metric}@{fraction:g}"
+
+
+def _sweep_store(s: _Setup, scope: str):
+    """The sweep's finished rows (from the cache) and ``keep(name, row)``, which adds one."""
+    import hashlib
+    import json
+
+    from reuse_analysis._io import write_text_atomic
+    from reuse_analysis.probes import state_hash
+
+    settings, ds = s.settings, s.data
     key = {
-        "weights": state_hash(state_dict),
-        "test": [ds.name, evaluate.images, list(ds.mean), list(ds.std)],
+        "weights": state_hash(s.state_dict),
+        "test": [ds.name, s.evaluate.images, list(ds.mean), list(ds.std)],  # type: ignore[attr-defined]
         "scope": scope,
         "probe": [settings.dataset or ds.name, settings.split, settings.images],
     }
@@ -516,46 +630,27 @@ def sweep(
         if store_path is not None:
             write_text_atomic(store_path, json.dumps({"key": key, "results": done}))
 
-    if UNPRUNED not in done:
-        loss, acc = evaluate(state_dict)
-        keep(UNPRUNED, {"metric": UNPRUNED, "fraction": 0.0, "connections_cut": 0,
-                        "share_cut": 0.0, "bottleneck_inputs_cut": 0.0, "accuracy": acc,
-                        "loss": loss})  # fmt: skip
-    data_metrics = [m for m in metrics if m in DATA_METRICS]
-    tables = {}
-    if any(f"{m}@{f:g}" not in done for m in data_metrics for f in fractions):
-        from reuse_analysis.probes import probe_tables
+    return done, keep
 
-        tables = probe_tables(data_metrics, state_dict, structure, ckpt, settings)
-    todo = [(m, f) for m in metrics for f in fractions]
-    bar = tqdm(total=len(todo), desc="sweep", unit="model", dynamic_ncols=True)
-    for metric, fraction in todo:
-        name = f"{metric}@{fraction:g}"
-        if name not in done:
-            table = tables.get(metric)
-            if table is None:
-                table = connection_values(metric, state_dict, structure, ckpt, settings)
-            cuts = select_cuts(table, fraction, scope)
-            summary = cut_summary(cuts, table, structure)
-            loss, acc = evaluate(apply_cuts(state_dict, structure, cuts))
-            keep(name, {"metric": metric, "fraction": fraction,
-                        "connections_cut": summary["connections_cut"],
-                        "share_cut": summary["share_cut"],
-                        "bottleneck_inputs_cut": summary["bottleneck_inputs_cut"],
-                        "accuracy": acc, "loss": loss})  # fmt: skip
-        bar.update(1)
-    bar.close()
-    names = [UNPRUNED] + [f"{m}@{f:g}" for m, f in todo]
-    df = pd.DataFrame([done[n] for n in names], columns=SWEEP_COLUMNS)
-    df.attrs.update(
-        model=Path(path).stem,
-        dataset=ds.name,
-        test_images=evaluate.images,
-        scope=scope,
-        probe_images=settings.images,
-        probe_split=settings.split,
-    )
-    return df
+
+def _unpruned_row(s: _Setup) -> dict[str, Any]:
+    """The sweep's baseline row: the unpruned model's test accuracy."""
+    loss, acc = s.evaluate(s.state_dict)
+    return {"metric": UNPRUNED, "fraction": 0.0, "connections_cut": 0, "share_cut": 0.0,
+            "bottleneck_inputs_cut": 0.0, "accuracy": acc, "loss": loss}  # fmt: skip
+
+
+def _sweep_row(
+    s: _Setup, table: pd.DataFrame, metric: str, fraction: float, scope: str
+) -> dict[str, Any]:
+    """Cut ``fraction`` by ``table``'s ranking and measure the pruned model."""
+    cuts = select_cuts(table, fraction, scope)
+    summary = cut_summary(cuts, table, s.structure)
+    loss, acc = s.evaluate(apply_cuts(s.state_dict, s.structure, cuts))
+    return {"metric": metric, "fraction": fraction,
+            "connections_cut": summary["connections_cut"], "share_cut": summary["share_cut"],
+            "bottleneck_inputs_cut": summary["bottleneck_inputs_cut"],
+            "accuracy": acc, "loss": loss}  # fmt: skip
 
 
 def write_sweep(df: pd.DataFrame, path: str) -> None:
@@ -572,8 +667,6 @@ def write_sweep(df: pd.DataFrame, path: str) -> None:
 
 def read_sweep(path: str) -> pd.DataFrame:
     """A sweep table written by ``prune --sweep`` (its CSV), checked."""
-    from pathlib import Path
-
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:

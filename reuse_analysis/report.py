@@ -47,7 +47,7 @@ from reuse_analysis.plotting import (
     plot_spread,
     plot_sweep,
 )
-from reuse_analysis.structure import Transition, default_input_size, estimate_macs
+from reuse_analysis.structure import default_input_size, estimate_macs
 from reuse_analysis.tables import table_metric, value_column
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
@@ -90,11 +90,7 @@ def model_report(
         table=result.table,
         usage=result.usage,
         structure={"summary": structure.summary(), **structure.to_dict()},
-        compressions={
-            b.index: b.extra.compression
-            for b in structure.blocks
-            if isinstance(b.extra, Transition)
-        },
+        compressions=result.compressions,
         macs=estimate_macs(structure),
         input_size=default_input_size(structure),
         meta=result.checkpoint.meta if result.checkpoint else {},

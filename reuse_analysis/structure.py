@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -60,6 +60,9 @@ class DenseLayer:
         return self.convs[0].out_channels if len(self.convs) > 1 else None
 
 
+TargetKind = Literal["layer", "transition", "classifier"]
+
+
 @dataclass(frozen=True)
 class Transition:
     """The 1×1 convolution between two blocks; the extra target column of its block."""
@@ -67,11 +70,38 @@ class Transition:
     name: str
     conv: Conv
     norm: str | None
+    kind: ClassVar[TargetKind] = "transition"
 
     @property
     def compression(self) -> float:
         """θ = output channels / input channels (1.0 for plain DenseNet, 0.5 for -C/-BC)."""
         return self.conv.out_channels / self.conv.in_channels
+
+    @property
+    def weight_key(self) -> str:
+        return self.conv.key
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def macs(self, side: float) -> float:
+        """Multiply–accumulates at a ``side``² input."""
+        return _conv_macs(self.conv, side)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "weight": self.conv.key,
+            "in_channels": self.conv.in_channels,
+            "out_channels": self.conv.out_channels,
+            "compression": round(self.compression, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,10 +112,73 @@ class Classifier:
     num_classes: int
     in_features: int
     norm: str | None
+    kind: ClassVar[TargetKind] = "classifier"
 
     @property
     def name(self) -> str:
         return self.key.removesuffix(".weight")
+
+    @property
+    def weight_key(self) -> str:
+        return self.key
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_features
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_classes
+
+    def macs(self, side: float) -> float:
+        """Multiply–accumulates (after global pooling, so independent of ``side``)."""
+        return self.in_features * self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "weight": self.key,
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target column of a block: a layer's first conv, the transition or the classifier.
+
+    This is the one place that says which weight a column reads its sources through, which
+    norm sits in front of it, and which input channels came from which source; metrics,
+    probes, pruning and reports all ask the structure for it.
+    """
+
+    block: int  # 1-based block index
+    index: int  # 1-based column: layers 1..L, then L+1 for the transition or classifier
+    kind: TargetKind
+    name: str  # module path of the layer, transition or classifier
+    weight_key: str  # the weight in the state_dict that reads the concatenation
+    norm: str | None  # module path of the normalisation in front of it, if found
+    in_channels: int  # width of the concatenation it reads
+    #: ``(source, start, stop)`` channel ranges, sorted by source (0 = the block input).
+    slices: tuple[tuple[int, int, int], ...]
+
+    @property
+    def key(self) -> str:
+        """``"block/target"``, a column's name in caches and tables."""
+        return f"{self.block}/{self.index}"
+
+    @property
+    def concat_slices(self) -> tuple[tuple[int, int, int], ...]:
+        """The slices in the order the channels are concatenated (by start channel)."""
+        return tuple(sorted(self.slices, key=lambda s: s[1]))
+
+    def slice_of(self, source: int) -> tuple[int, int]:
+        """``(start, stop)`` of ``source``'s channels; ValueError if it is not read."""
+        for s, start, stop in self.slices:
+            if s == source:
+                return start, stop
+        raise ValueError(f"target {self.index} of block {self.block} reads no source {source}")
 
 
 @dataclass(frozen=True)
@@ -109,11 +202,31 @@ class DenseBlock:
 
     @property
     def extra_kind(self) -> str | None:
-        if isinstance(self.extra, Transition):
-            return "transition"
-        if isinstance(self.extra, Classifier):
-            return "classifier"
-        return None
+        return self.extra.kind if self.extra is not None else None
+
+    @property
+    def num_targets(self) -> int:
+        return self.num_layers + (self.extra is not None)
+
+    def targets(self, order: ConcatOrder = "oldest-first") -> tuple[Target, ...]:
+        """Every target column, forward order: the layers, then the transition or classifier."""
+        return tuple(self.target(t, order) for t in range(1, self.num_targets + 1))
+
+    def target(self, index: int, order: ConcatOrder = "oldest-first") -> Target:
+        """Target column ``index`` (1..L the layers, L+1 the transition or classifier)."""
+        slices = tuple(self.source_slices(index, order))
+        if index <= self.num_layers:
+            layer = self.layers[index - 1]
+            return Target(
+                self.index, index, "layer", layer.name, layer.first_conv.key, layer.norm,
+                layer.in_channels, slices,
+            )  # fmt: skip
+        extra = self.extra
+        assert extra is not None  # source_slices checked the index
+        return Target(
+            self.index, index, extra.kind, extra.name, extra.weight_key, extra.norm,
+            extra.in_channels, slices,
+        )  # fmt: skip
 
     def source_slices(
         self, target: int, order: ConcatOrder = "oldest-first"
@@ -122,7 +235,7 @@ class DenseBlock:
 
         Targets 1..L are the layers; ``L+1`` is the transition or classifier.
         """
-        if not 1 <= target <= self.num_layers + (self.extra is not None):
+        if not 1 <= target <= self.num_targets:
             raise ValueError(f"block {self.index} has no target {target}")
         return source_slices(self.in_channels, self.growth_rate, target, order)
 
@@ -146,6 +259,21 @@ class DenseNetStructure:
     def classifier(self) -> Classifier | None:
         last = self.blocks[-1].extra
         return last if isinstance(last, Classifier) else None
+
+    def targets(self, order: ConcatOrder = "oldest-first") -> tuple[Target, ...]:
+        """Every target column of every block, forward order."""
+        return tuple(t for b in self.blocks for t in b.targets(order))
+
+    def target(self, block: int, index: int, order: ConcatOrder = "oldest-first") -> Target:
+        """Target ``index`` of block ``block`` (both 1-based); ValueError if there is none."""
+        if not 1 <= block <= len(self.blocks):
+            raise ValueError(f"the model has no block {block}")
+        return self.blocks[block - 1].target(index, order)
+
+    @property
+    def compressions(self) -> dict[int, float]:
+        """Block index → θ of the transition after it (blocks followed by a transition)."""
+        return {b.index: b.extra.compression for b in self.blocks if b.extra_kind == "transition"}
 
     @property
     def bottleneck(self) -> bool:
@@ -197,26 +325,7 @@ class DenseNetStructure:
 
 
 def _block_dict(block: DenseBlock) -> dict[str, Any]:
-    extra: dict[str, Any] | None = None
-    if isinstance(block.extra, Transition):
-        t = block.extra
-        extra = {
-            "kind": "transition",
-            "name": t.name,
-            "weight": t.conv.key,
-            "in_channels": t.conv.in_channels,
-            "out_channels": t.conv.out_channels,
-            "compression": round(t.compression, 4),
-        }
-    elif isinstance(block.extra, Classifier):
-        c = block.extra
-        extra = {
-            "kind": "classifier",
-            "name": c.name,
-            "weight": c.key,
-            "in_features": c.in_features,
-            "num_classes": c.num_classes,
-        }
+    extra = block.extra.to_dict() if block.extra is not None else None
     widths = {layer.bottleneck_width for layer in block.layers}
     return {
         "index": block.index,
@@ -530,8 +639,6 @@ def infer_structure(state_dict: Mapping[str, torch.Tensor]) -> DenseNetStructure
     stem = _stem(free, transition_keys, blocks[0].in_channels)
     if not stem:
         notes.append("no stem convolution found: the input channel count is unknown")
-    from reuse_analysis.checkpoint import count_parameters
-
     return DenseNetStructure(
         blocks=tuple(blocks),
         input_channels=stem[0].in_channels if stem else None,
@@ -540,6 +647,12 @@ def infer_structure(state_dict: Mapping[str, torch.Tensor]) -> DenseNetStructure
         num_parameters=count_parameters(state_dict),
         notes=tuple(notes),
     )
+
+
+def count_parameters(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Number of learnable values: every tensor except batch-norm running statistics."""
+    skip = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(v.numel() for k, v in state_dict.items() if not k.endswith(skip))
 
 
 def _trans(blocks: Sequence[DenseBlock]) -> list[Transition]:
@@ -644,11 +757,9 @@ def estimate_macs(structure: DenseNetStructure, input_size: int | None = None) -
     macs = sum(_conv_macs(c, stem_side) for c in structure.stem)
     for block in structure.blocks:
         macs += sum(_conv_macs(c, side) for layer in block.layers for c in layer.convs)
-        if isinstance(block.extra, Transition):
-            macs += _conv_macs(block.extra.conv, side)
-            side /= 2
-        elif isinstance(block.extra, Classifier):
-            macs += block.extra.in_features * block.extra.num_classes
+        if block.extra is not None:
+            macs += block.extra.macs(side)
+            side /= 2 if block.extra_kind == "transition" else 1
     return int(macs)
 
 

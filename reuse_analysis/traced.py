@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reuse_analysis.analysis import Analysis
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
 from reuse_analysis.errors import ReuseAnalysisError, StructureError
 from reuse_analysis.metrics import channel_usage
@@ -707,18 +708,44 @@ def traced_table(model: nn.Module, structure: TracedStructure) -> pd.DataFrame:
     )
 
 
+def traced_channel_usage(model: nn.Module, structure: TracedStructure) -> pd.DataFrame:
+    """Per dense group and channel of its input ``x_0``: the mean |w| its layers give it
+    (:func:`reuse_analysis.metrics.input_channel_usage` for a traced structure)."""
+    frames = []
+    for group in structure.dense_groups:
+        per_layer = []
+        for target in group.targets:
+            if target.kind == "layer":
+                usage = channel_usage(_weight_of(model, target))
+                per_layer.append(
+                    np.concatenate([usage[a:b] for s, a, b in target.slices if s == 0])
+                )
+        if per_layer:
+            usage = np.mean(per_layer, axis=0)
+            frames.append(
+                pd.DataFrame(
+                    {"block": group.index, "channel": np.arange(len(usage)), "usage": usage}
+                )
+            )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({"block": [], "channel": [], "usage": []})
+    )
+
+
+def traced_compressions(model: nn.Module, structure: TracedStructure) -> dict[int, float]:
+    """Dense group index → θ (output ÷ input channels) of the transition that reads it."""
+    out = {}
+    for group in structure.dense_groups:
+        transition = next((t for t in group.targets if t.kind == "transition"), None)
+        if transition is not None:
+            w = _weight_of(model, transition)
+            out[group.index] = w.shape[0] / w.shape[1]
+    return out
+
+
 # ----------------------------------------------------------------------------- from files
-@dataclass
-class TracedAnalysis:
-    """The traced reuse table with the structure, model and checkpoint it came from."""
-
-    table: pd.DataFrame
-    structure: TracedStructure
-    model: nn.Module
-    checkpoint: LoadedCheckpoint | None
-    model_name: str
-
-
 def _size_overrides(name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """``in_channels``/``num_classes`` of a registered architecture, read off the weights."""
     from reuse_analysis.models import create_model
@@ -797,8 +824,9 @@ def analyze_traced(
     input_size: int | None = None,
     trust_pickle: bool = False,
     name: str | None = None,
-) -> TracedAnalysis:
-    """Trace a model and compute its reuse table.
+) -> Analysis:
+    """Trace a model and compute its reuse table: the same :class:`Analysis` as
+    :func:`reuse_analysis.analysis.analyze` gives, with a :class:`TracedStructure`.
 
     ``source`` is a model (``arch`` None), or a checkpoint path or state_dict whose weights
     are loaded into the model ``arch`` names: a registered architecture (sized from the
@@ -826,4 +854,13 @@ def analyze_traced(
     structure = trace_structure(model, input_size=input_size)
     table = traced_table(model, structure)
     table.attrs["model"] = name
-    return TracedAnalysis(table, structure, model, checkpoint, name)
+    return Analysis(
+        table,
+        structure,
+        name,
+        checkpoint,
+        dict(model.state_dict()),
+        model,
+        compressions=traced_compressions(model, structure),
+        _usage=lambda: traced_channel_usage(model, structure),
+    )

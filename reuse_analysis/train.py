@@ -33,6 +33,14 @@ from torch import nn
 from reuse_analysis.checkpoint import load_training_state, save_checkpoint
 from reuse_analysis.data import DataSet, FolderData, ImageData, load_dataset
 from reuse_analysis.errors import ReuseAnalysisError
+from reuse_analysis.runtime import (
+    _autocast,
+    _subset,
+    _to_device,
+    eval_subset,
+    evaluate,
+    pick_device,
+)
 
 Split = ImageData | FolderData  # an in-memory split or large images read per batch
 
@@ -90,23 +98,6 @@ class TrainingError(ReuseAnalysisError):
 
 
 # ----------------------------------------------------------------------------- helpers
-def pick_device(name: str) -> torch.device:
-    """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("--device mps asked for, but MPS is not available")
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
-
-
 def _note(message: str) -> None:
     """A line on stderr that does not break the progress bar (stdout is for results)."""
     from tqdm import tqdm
@@ -161,62 +152,6 @@ def _epoch_indices(n: int, epoch: int, cfg: TrainConfig, dist: _Dist) -> list[in
 
 def _batches(indices: list[int], batch_size: int) -> list[list[int]]:
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-
-
-def _subset(data: Split, limit: int | None, seed: int) -> Split:
-    if limit is None or limit >= len(data):
-        return data
-    g = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=g)[:limit].sort().values)
-
-
-def eval_subset(data: Split, limit: int | None) -> Split:
-    """A fixed random ``limit`` of the test images (the same in training and ``evaluate``).
-
-    Random rather than the first ones: image folders list their files class by class.
-    """
-    return _subset(data, limit, seed=0)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    data: Split,
-    ds: DataSet,
-    device: torch.device,
-    *,
-    batch_size: int = 256,
-    amp: bool = False,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (0..1) of ``model`` on ``data``."""
-    from tqdm import tqdm
-
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    starts = range(0, len(data), batch_size)
-    for i in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False):
-        idx = torch.arange(i, min(i + batch_size, len(data)))
-        x = _to_device(data.batch(idx, ds.mean, ds.std), device, channels_last)
-        y = data.labels[i : i + batch_size].to(device)
-        with _autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / max(len(data), 1), correct / max(len(data), 1)
 
 
 def _model_overrides(cfg: TrainConfig, ds: DataSet) -> dict[str, Any]:

@@ -187,3 +187,21 @@ def test_data_driven_metrics_are_not_weight_only():
     sd = _hand_state_dict()
     with pytest.raises(ValueError, match="runs the model on images"):
         reuse_table(sd, infer_structure(sd), metric="ablation")
+
+
+def test_registry_computes_every_metric_it_names():
+    from reuse_analysis.metrics import REGISTRY, MetricInputs, compute_tables
+    from reuse_analysis.tables import METRICS
+
+    assert list(REGISTRY) == list(METRICS)
+    assert [m.name for m in REGISTRY.values() if m.data_driven] == [
+        "activation", "ablation", "taylor"
+    ]  # fmt: skip
+    sd = _hand_state_dict()
+    structure = infer_structure(sd)
+    inputs = MetricInputs(sd, structure, concat_order="newest-first")
+    tables = compute_tables(["weight"], inputs)
+    pd.testing.assert_frame_equal(tables["weight"], reuse_table(sd, structure, "newest-first"))
+    # block 1, layer 2 reads x_0 (2 channels) and x_1: newest first, x_1 is channel 0
+    row = tables["weight"].query("block == 1 and target == 2 and source == 1")
+    assert float(row.mean_abs_weight.iloc[0]) == pytest.approx(0.1)

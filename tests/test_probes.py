@@ -205,3 +205,26 @@ def test_interrupted_ablation_resumes_from_its_cache(tmp_path):
     assert calls["n"] == 0
     pd.testing.assert_frame_equal(again, fresh)
     assert saved.exists()
+
+
+def test_densenet_parts_describe_the_model_and_run_as_it_does():
+    model = _tiny()
+    info = model.feature_info
+    assert [i["kind"] for i in info] == [
+        "stem", "block", "transition", "block", "head_norm", "classifier"
+    ]  # fmt: skip
+    # block 1: 4 + 3·3 = 13 channels, the transition keeps 6, block 2: 6 + 2·3 = 12
+    assert [i["num_chs"] for i in info] == [4, 13, 6, 12, 12, 5]
+    assert [i["reduction"] for i in info] == [1, 1, 2, 2, 2, None]
+    parts = model.parts()
+    assert parts.transitions[-1] is None and len(parts.blocks) == 2
+    x, _ = _images(3)
+    with torch.no_grad():
+        h = x
+        for m in parts.stem:
+            h = m(h)
+        for block, transition in zip(parts.blocks, parts.transitions, strict=True):
+            h = block(h)
+            h = transition(h) if transition is not None else h
+        h = torch.relu(parts.head_norm(h)).mean(dim=(2, 3))
+        torch.testing.assert_close(parts.classifier(h), model(x))

@@ -206,24 +206,24 @@ def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
     assert (df[df.fraction == 0.5].connections_cut == 6).all()
     assert (df.test_images == 48).all()
     # a rerun reads every accuracy from the cache: no evaluation at all
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     def no_evaluation(*a, **k):
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    monkeypatch.setattr(runtime_module, "evaluate", no_evaluation)
     again = run(*args)
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep.csv"), df)
 
 
 def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained, monkeypatch):
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     fig = tmp_path / "sweep.png"
     args = ["prune", trained, "--sweep", "--metrics", "weight,random", "--fractions",
             "0.25,0.5", "-o", fig, "--data-dir", tmp_path / "data", "--images", 32]  # fmt: skip
-    real, calls, stop_at = train_module.evaluate, [], [3]
+    real, calls, stop_at = runtime_module.evaluate, [], [3]
 
     def stops_on_the_third(*a, **k):
         calls.append(1)
@@ -231,7 +231,7 @@ def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train_module, "evaluate", stops_on_the_third)
+    monkeypatch.setattr(runtime_module, "evaluate", stops_on_the_third)
     stopped = run(*args)
     assert stopped.exit_code == 130
     assert "interrupted: rerun the same command" in stopped.stderr
@@ -353,7 +353,7 @@ def test_a_data_set_the_model_cannot_take_is_an_error_line(tmp_path, trained, co
 
 
 def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, trained, monkeypatch):
-    import reuse_analysis.train as train_module
+    import reuse_analysis.runtime as runtime_module
 
     raw = tmp_path / "raw.pt"
     torch.save(load_checkpoint(trained).state_dict, raw)  # no arch, config or data set
@@ -361,7 +361,7 @@ def test_finetuning_weights_alone_is_refused_before_any_evaluation(tmp_path, tra
     def no_evaluation(*a, **k):
         raise AssertionError("evaluated before refusing")
 
-    monkeypatch.setattr(train_module, "evaluate", no_evaluation)
+    monkeypatch.setattr(runtime_module, "evaluate", no_evaluation)
     out = tmp_path / "p.pt"
     data = ["--data-dir", tmp_path / "data"]
     result = run("prune", raw, "--fraction", "0.5", "--finetune-epochs", "1", *data, "-o", out)
@@ -424,3 +424,63 @@ def test_heatmap_default_name_says_the_metric(tmp_path, trained, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(Path("reports") / "tiny-bn-weight-heatmap.png")
     assert (tmp_path / "reports" / "tiny-bn-weight-heatmap.png").is_file()
+
+
+def test_data_driven_prune_builds_the_model_and_loads_the_data_once(tmp_path, trained, monkeypatch):
+    import reuse_analysis.probes as probes
+
+    calls = {"model": 0, "data": 0}
+    real_model, real_data = probes.runnable_model, probes.load_data
+
+    def counted_model(*a, **k):
+        calls["model"] += 1
+        return real_model(*a, **k)
+
+    def counted_data(*a, **k):
+        calls["data"] += 1
+        return real_data(*a, **k)
+
+    monkeypatch.setattr(probes, "runnable_model", counted_model)
+    monkeypatch.setattr(probes, "load_data", counted_data)
+    out = tmp_path / "p.pt"
+    data = ["--data-dir", tmp_path / "data", "--images", 16]
+    result = run("prune", trained, "--metric", "activation", "--fraction", "0.5", *data, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert calls == {"model": 1, "data": 1}
+    assert load_checkpoint(out).meta["prune"]["probe"]["images"] == 16
+
+
+def test_random_ranking_is_seeded_and_covers_every_connection(trained):
+    from reuse_analysis.prune import RANKINGS, connection_values
+
+    sd = load_checkpoint(trained).state_dict
+    structure = infer_structure(sd)
+    a = connection_values("random", sd, structure, seed=1)
+    b = connection_values("random", sd, structure, seed=1)
+    c = connection_values("random", sd, structure, seed=2)
+    assert len(a) == CONNECTIONS and list(RANKINGS)[-1] == "random"
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.mean_abs_weight, c.mean_abs_weight)
+    weight = connection_values("weight", sd, structure)
+    assert a[["block", "source", "target"]].equals(weight[["block", "source", "target"]])
+    with pytest.raises(PruneError, match="unknown metric 'nope'"):
+        connection_values("nope", sd, structure)
+
+
+def test_model_card_reads_the_checkpoint_once(tmp_path, trained, monkeypatch):
+    import reuse_analysis.checkpoint as checkpoint_module
+    import reuse_analysis.evaluation as evaluation
+    import reuse_analysis.modelcard as modelcard
+
+    loads = []
+    real = checkpoint_module.load_checkpoint
+
+    def counted(*a, **k):
+        loads.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(modelcard, "load_checkpoint", counted)
+    monkeypatch.setattr(evaluation, "load_checkpoint", counted)
+    card = modelcard.make_card(trained, command="train …", data_dir=str(tmp_path / "data"))
+    assert len(loads) == 1
+    assert card["test_images"] == 48 and 0 <= card["test_accuracy"] <= 1

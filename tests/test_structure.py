@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from layouts import layouts
 
 from reuse_analysis.errors import StructureError
 from reuse_analysis.metrics import reuse_table
-from reuse_analysis.structure import Classifier, Transition, infer_structure
+from reuse_analysis.structure import Classifier, infer_structure
 
 LAYOUTS = layouts()
 
@@ -30,10 +31,7 @@ def test_layout_is_understood(name):
     assert s.input_channels == exp.input_channels
     assert s.num_classes == exp.classes
     assert s.blocks[0].layers[0].first_conv.key == exp.first_conv
-    extras = [
-        b.extra.conv.key if isinstance(b.extra, Transition) else b.extra.key for b in s.blocks
-    ]
-    assert tuple(extras) == exp.extra
+    assert tuple(b.extra.weight_key for b in s.blocks) == exp.extra
     assert s.notes == ()
     # channel arithmetic: layer t of every block reads c0 + k·(t-1)
     for b in s.blocks:
@@ -42,6 +40,52 @@ def test_layout_is_understood(name):
         ]
     df = reuse_table(model.state_dict(), s)
     assert len(df) == sum((n + 1) * (n + 2) // 2 for n in exp.layers)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_targets_of_every_layout(name):
+    """Each block's targets: its layers' first convs, then its transition or classifier,
+    each with the norm in front and the channels of every source, in concat order."""
+    build, _, exp = LAYOUTS[name]
+    sd = build().state_dict()
+    s = infer_structure(sd)
+    order = "newest-first" if name == "kuangliu" else "oldest-first"
+    for b, extra_key in zip(s.blocks, exp.extra, strict=True):
+        targets = b.targets(order)
+        kinds = [t.kind for t in targets]
+        last = "classifier" if b.index == len(s.blocks) else "transition"
+        assert kinds == ["layer"] * b.num_layers + [last]
+        assert [t.index for t in targets] == list(range(1, b.num_layers + 2))
+        assert [t.weight_key for t in targets] == [
+            *(layer.first_conv.key for layer in b.layers),
+            extra_key,
+        ]
+        for t in targets:
+            assert (t.block, t.key) == (b.index, f"{b.index}/{t.index}")
+            assert t.in_channels == sd[t.weight_key].shape[1]
+            # the norm in front normalises exactly the channels the target reads
+            assert t.norm is not None and sd[f"{t.norm}.weight"].numel() == t.in_channels
+            # sources 0..t-1: the block input (c0 channels), then k per earlier layer
+            assert [src for src, _, _ in t.slices] == list(range(t.index))
+            widths = [stop - start for _, start, stop in t.slices]
+            assert widths == [b.in_channels] + [b.growth_rate] * (t.index - 1)
+            # in concat order the slices tile [0, in_channels) without gaps
+            edges = [(start, stop) for _, start, stop in t.concat_slices]
+            assert edges[0][0] == 0 and edges[-1][1] == t.in_channels
+            assert all(a[1] == c[0] for a, c in itertools.pairwise(edges))
+            newest = [src for src, _, _ in t.concat_slices]
+            assert newest == (
+                sorted(newest, reverse=True) if order == "newest-first" else sorted(newest)
+            )
+            assert s.target(b.index, t.index, order) == t
+    with pytest.raises(ValueError, match="has no target"):
+        s.blocks[0].target(s.blocks[0].num_layers + 2)
+    with pytest.raises(ValueError, match="no block"):
+        s.target(len(s.blocks) + 1, 1)
+    assert len(s.targets()) == sum(n + 1 for n in exp.layers)
+    assert s.compressions == {
+        b.index: b.extra.compression for b in s.blocks if b.extra_kind == "transition"
+    }
 
 
 def test_key_order_does_not_matter():

@@ -111,12 +111,12 @@ def dense_block(x0: Tensor, layers: Sequence[nn.Module], memory_efficient: bool)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _nchw(m: Tensor, n: int, h: int, w: int) -> Tensor:
+def as_nchw(m: Tensor, n: int, h: int, w: int) -> Tensor:
     """A ``[n·h·w, c]`` matrix viewed as an ``[n, c, h, w]`` channels-last tensor."""
     return m.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _matrix(t: Tensor) -> Tensor:
+def as_matrix(t: Tensor) -> Tensor:
     """An ``[n, c, h, w]`` tensor as an ``[n·h·w, c]`` matrix (a view when channels-last)."""
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
@@ -127,7 +127,7 @@ def _chunks(rows: int, width: int, itemsize: int) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
-def _scratch(like: Tensor, widest: int) -> Tensor:
+def scratch_buffer(like: Tensor, widest: int) -> Tensor:
     """Room for one chunk of any layer (a chunk is at most 64 rows more than _CHUNK_BYTES)."""
     return like.new_empty(_CHUNK_BYTES // like.element_size() + 64 * widest)
 
@@ -155,7 +155,7 @@ def _update_running(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int)
     norm.running_var.mul_(1 - factor).add_(var, alpha=factor * count / max(count - 1, 1))
 
 
-def _scale_shift(
+def bn_scale_shift(
     mean: Tensor, var: Tensor, eps: float, weight: Tensor, bias: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """BatchNorm as ``x·scale + shift`` (the form PyTorch's CPU kernel uses) and 1/σ."""
@@ -164,7 +164,7 @@ def _scale_shift(
     return scale, bias - mean * scale, invstd
 
 
-def _bn_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+def bn_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.addcmul(shift, x, scale, out=out).relu_()
 
 
@@ -177,12 +177,12 @@ def _conv_backward(g: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor
     return gx, gw
 
 
-def _bottleneck(x: Tensor, scale1: Tensor, shift1: Tensor, w1: Tensor, ws: Tensor) -> Tensor:
+def fused_bottleneck(x: Tensor, scale1: Tensor, shift1: Tensor, w1: Tensor, ws: Tensor) -> Tensor:
     """``relu(x·scale1 + shift1) @ w1ᵀ``, a chunk of rows at a time (``ws``: scratch)."""
     c = x.shape[1]
     y = x.new_empty(x.shape[0], w1.shape[0])
     for r in _chunks(x.shape[0], c, x.element_size()):
-        z = _bn_relu(x[r], scale1, shift1, out=ws[: (r.stop - r.start) * c].view(-1, c))
+        z = bn_relu(x[r], scale1, shift1, out=ws[: (r.stop - r.start) * c].view(-1, c))
         torch.mm(z, w1.t(), out=y[r])
     return y
 
@@ -205,7 +205,7 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
     widest = width - k
     # Scratch for the normalised input: a chunk of rows for a bottleneck layer, all of it
     # for a plain layer's 3×3 conv.
-    ws = _scratch(x0, widest) if plan.norms2 is not None else x0.new_empty(pixels * widest)
+    ws = scratch_buffer(x0, widest) if plan.norms2 is not None else x0.new_empty(pixels * widest)
     saved = []
     for t in range(num_layers):
         p = params[per * t : per * (t + 1)]
@@ -217,13 +217,13 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
             _update_running(norm1, mean1, var1, pixels)
         else:
             mean1, var1 = norm1.running_mean, norm1.running_var
-        scale1, shift1, _ = _scale_shift(mean1, var1, norm1.eps, p[0], p[1])
+        scale1, shift1, _ = bn_scale_shift(mean1, var1, norm1.eps, p[0], p[1])
         if plan.norms2 is not None:
-            y = _bottleneck(x, scale1, shift1, p[2].reshape(p[2].shape[0], c), ws)
+            y = fused_bottleneck(x, scale1, shift1, p[2].reshape(p[2].shape[0], c), ws)
             norm2 = plan.norms2[t]
             momentum = _momentum(norm2) if plan.training else 0.0
             a, mean2, invstd2 = torch.native_batch_norm(
-                _nchw(y, n, h, w), p[3], p[4], norm2.running_mean, norm2.running_var,
+                as_nchw(y, n, h, w), p[3], p[4], norm2.running_mean, norm2.running_var,
                 plan.training, momentum, norm2.eps,
             )  # fmt: skip
             out = F.conv2d(a.relu_(), p[5], padding=1)
@@ -232,9 +232,9 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
                 saved.append((mean2, invstd2, y if plan.store_bottleneck else None))
             del y
         else:
-            z = _bn_relu(x, scale1, shift1, out=ws[: pixels * c].view(pixels, c))
-            out = F.conv2d(_nchw(z, n, h, w), p[2], padding=1)
-        new = _matrix(out)
+            z = bn_relu(x, scale1, shift1, out=ws[: pixels * c].view(pixels, c))
+            out = F.conv2d(as_nchw(z, n, h, w), p[2], padding=1)
+        new = as_matrix(out)
         mat[:, c : c + k].copy_(new)
         if plan.training:
             vars_[c : c + k], means[c : c + k] = _var_mean(new)
@@ -271,7 +271,7 @@ class _DenseBlockFunction(torch.autograd.Function):
 
         n, width, h, w = out.shape
         pixels = n * h * w
-        mat = _matrix(out)
+        mat = as_matrix(out)
         # One gradient buffer for the whole block; every layer adds its input gradient to it.
         gbuf = grad_out.new_empty(n, h, w, width)
         gbuf.copy_(grad_out.permute(0, 2, 3, 1))
@@ -286,18 +286,18 @@ class _DenseBlockFunction(torch.autograd.Function):
             gmat[:, cols].addcmul_(centred, coef_x[cols]).add_(coef_c[cols])
 
         widest = width - k
-        ws_z, ws_g = _scratch(out, widest), _scratch(out, widest)
+        ws_z, ws_g = scratch_buffer(out, widest), scratch_buffer(out, widest)
         grads: list[Tensor | None] = [None] * len(params)
         for t in range(num_layers - 1, -1, -1):
             p = params[per * t : per * (t + 1)]
             g: list[Tensor | None] = [None] * per
             c = c0 + k * t
             finish(slice(c, c + k))  # layers after t, the only readers of x_t, are done
-            gnew = _nchw(gmat[:, c : c + k], n, h, w)
+            gnew = as_nchw(gmat[:, c : c + k], n, h, w)
             x = mat[:, :c]
             norm1 = plan.norms1[t]
             mean1 = means[:c]
-            scale1, shift1, invstd1 = _scale_shift(mean1, vars_[:c], norm1.eps, p[0], p[1])
+            scale1, shift1, invstd1 = bn_scale_shift(mean1, vars_[:c], norm1.eps, p[0], p[1])
             sum_g = x.new_zeros(c)
             sum_gx = x.new_zeros(c)  # Σ g·(x − μ)
             rows = _chunks(pixels, c, x.element_size())
@@ -306,22 +306,22 @@ class _DenseBlockFunction(torch.autograd.Function):
                 mean2, invstd2, y = saved[t]
                 w1 = p[2].reshape(p[2].shape[0], c)
                 if y is None:
-                    y = _bottleneck(x, scale1, shift1, w1, ws_z)
+                    y = fused_bottleneck(x, scale1, shift1, w1, ws_z)
                 scale2 = p[3] * invstd2
-                a = _bn_relu(y, scale2, p[4] - mean2 * scale2)
-                ga, g[5] = _conv_backward(gnew, _nchw(a, n, h, w), p[5])
-                ga = torch.ops.aten.threshold_backward(ga, _nchw(a, n, h, w), 0)
+                a = bn_relu(y, scale2, p[4] - mean2 * scale2)
+                ga, g[5] = _conv_backward(gnew, as_nchw(a, n, h, w), p[5])
+                ga = torch.ops.aten.threshold_backward(ga, as_nchw(a, n, h, w), 0)
                 del a
                 gy, g[3], g[4] = torch.ops.aten.native_batch_norm_backward(
-                    ga, _nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
+                    ga, as_nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
                     True, norm2.eps, [True, True, True],
                 )  # fmt: skip
                 del ga, y
-                gy = _matrix(gy)
+                gy = as_matrix(gy)
                 gw1 = x.new_zeros(w1.shape)
                 for r in rows:
                     size = (r.stop - r.start) * c
-                    z = _bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
+                    z = bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
                     gw1.addmm_(gy[r].t(), z)
                     gz = torch.mm(gy[r], w1, out=ws_g[:size].view(-1, c))
                     torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
@@ -330,9 +330,9 @@ class _DenseBlockFunction(torch.autograd.Function):
                 del gy
                 g[2] = gw1.view_as(p[2])
             else:
-                z = _bn_relu(x, scale1, shift1)
-                gz, g[2] = _conv_backward(gnew, _nchw(z, n, h, w), p[2])
-                gz = _matrix(gz)
+                z = bn_relu(x, scale1, shift1)
+                gz, g[2] = _conv_backward(gnew, as_nchw(z, n, h, w), p[2])
+                gz = as_matrix(gz)
                 torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
                 for r in rows:
                     scratch = ws_z[: (r.stop - r.start) * c].view(-1, c)

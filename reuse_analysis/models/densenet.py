@@ -293,6 +293,41 @@ class _Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
+def _feature_info(
+    config: DenseNetConfig, stem: list[str], widths: list[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """What the model is made of, forward order, timm style: per part its module name, role
+    (``stem``, ``block``, ``transition``, ``head_norm``, ``classifier``), output channels
+    and the factor by which the resolution has been reduced there."""
+    reduction = 4 if config.stem == "imagenet" else 1
+    info = [
+        {"module": f"features.{n}", "kind": "stem", "num_chs": config.num_init_features,
+         "reduction": reduction}
+        for n in stem
+    ]  # fmt: skip
+    for b, (_, out_width) in enumerate(widths, start=1):
+        info.append(
+            {"module": f"features.denseblock{b}", "kind": "block", "num_chs": out_width,
+             "reduction": reduction}
+        )  # fmt: skip
+        if b < len(widths):
+            reduction *= 2
+            info.append(
+                {"module": f"features.transition{b}", "kind": "transition",
+                 "num_chs": _transition_width(out_width, config.compression),
+                 "reduction": reduction}
+            )  # fmt: skip
+    info.append(
+        {"module": "features.norm5", "kind": "head_norm", "num_chs": widths[-1][1],
+         "reduction": reduction}
+    )  # fmt: skip
+    info.append(
+        {"module": "classifier", "kind": "classifier", "num_chs": config.num_classes,
+         "reduction": None}
+    )  # fmt: skip
+    return info
+
+
 def _stem(config: DenseNetConfig) -> list[tuple[str, nn.Module]]:
     width = config.num_init_features
     if config.stem == "cifar":
@@ -306,6 +341,18 @@ def _stem(config: DenseNetConfig) -> list[tuple[str, nn.Module]]:
 
 
 # ----------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class DenseNetParts:
+    """The modules of a :class:`DenseNet` in forward order, for code that runs it piece by
+    piece (the data-driven metrics) without knowing its module names."""
+
+    stem: tuple[nn.Module, ...]  # everything before block 1
+    blocks: tuple[nn.ModuleDict, ...]  # each block's layers, in order
+    transitions: tuple[nn.Module | None, ...]  # after each block; None after the last
+    head_norm: nn.BatchNorm2d  # the norm in front of the classifier (``norm5``)
+    classifier: nn.Linear
+
+
 class DenseNet(nn.Module):
     """A DenseNet, DenseNet-B, -C or -BC built from a :class:`DenseNetConfig`.
 
@@ -330,7 +377,8 @@ class DenseNet(nn.Module):
     def __init__(self, config: DenseNetConfig) -> None:
         super().__init__()
         self.config = config
-        self.features = nn.Sequential(OrderedDict(_stem(config)))
+        stem = _stem(config)
+        self.features = nn.Sequential(OrderedDict(stem))
         widths = _block_widths(config)
         for b, (num_layers, (in_width, out_width)) in enumerate(
             zip(config.block_config, widths, strict=True), start=1
@@ -352,7 +400,23 @@ class DenseNet(nn.Module):
         num_features = widths[-1][1]
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, config.num_classes)
+        self.feature_info = _feature_info(config, [name for name, _ in stem], widths)
         self._init_weights()
+
+    def parts(self) -> DenseNetParts:
+        """The model's modules by role, found through :attr:`feature_info`."""
+        by_kind: dict[str, list[nn.Module]] = {}
+        for info in self.feature_info:
+            by_kind.setdefault(info["kind"], []).append(self.get_submodule(info["module"]))
+        blocks = tuple(by_kind["block"])
+        transitions = tuple(by_kind.get("transition", []))
+        return DenseNetParts(
+            stem=tuple(by_kind["stem"]),
+            blocks=blocks,  # type: ignore[arg-type]
+            transitions=transitions + (None,) * (len(blocks) - len(transitions)),
+            head_norm=by_kind["head_norm"][0],  # type: ignore[arg-type]
+            classifier=by_kind["classifier"][0],  # type: ignore[arg-type]
+        )
 
     def _init_weights(self) -> None:
         """torchvision's initialisation (He-normal convs, BN at identity, zero Linear bias)."""
