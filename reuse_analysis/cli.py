@@ -1,108 +1,73 @@
-"""The ``reuse-analysis`` command line: parse, call the library, print paths.
+"""The ``reuse-analysis`` command line: parse, call the library, print.
 
-Heavy libraries (torch, pandas, matplotlib) are imported inside the commands so that
-``reuse-analysis --help`` answers at once.
+Every argument is checked while click parses, a missing MODEL file included, before a
+command imports torch, pandas or matplotlib; then the command calls the library and prints
+what it returned: paths and ``--json`` on stdout, notes on stderr. The shared options live
+in :mod:`reuse_analysis.options`, the printed text and JSON in :mod:`reuse_analysis.text`,
+the commands that chain several library steps in :mod:`reuse_analysis.workflows`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from reuse_analysis import __version__
-from reuse_analysis._io import FIGURE_FORMATS, save_figure_atomic
-from reuse_analysis.tables import METRICS
-
-CONCAT_HELP = (
-    "How each layer concatenates its inputs: oldest-first is [x0, x1, …] (torchvision, "
-    "most code); newest-first is torch.cat([new, old]) (e.g. kuangliu/pytorch-cifar). "
-    "A weight file cannot tell which; every output states the order used."
+from reuse_analysis import __version__, text
+from reuse_analysis._io import save_figure_atomic
+from reuse_analysis.options import (
+    DEFAULT_REPORTS,
+    arch_option,
+    batch_size_option,
+    compared_metrics,
+    concat_option,
+    cut_options,
+    data_dir_option,
+    dataset_option,
+    dataset_stem,
+    device_option,
+    fail,
+    handles_bad_input,
+    input_size_option,
+    int_list,
+    interrupted_exits,
+    json_option,
+    measure_options,
+    metric_option,
+    model_argument,
+    models_argument,
+    output_option,
+    probe_options,
+    speed_options,
+    test_images_option,
+    training_options,
+    trust_option,
 )
-DEFAULT_REPORTS = Path("reports")
+from reuse_analysis.options import check_exists as _check_exists
+from reuse_analysis.options import check_figure_path as _check_figure_path
+from reuse_analysis.options import default_output as _default_output
+from reuse_analysis.text import measured as _measured
 
 
-class InputError(click.ClickException):
-    """Bad input: one ``Error:`` line on stderr and exit status 2."""
+def _settings(probe: dict[str, Any]) -> Any:
+    from reuse_analysis.probes import ProbeSettings
 
-    exit_code = 2
-
-
-def fail(message: str) -> NoReturn:
-    raise InputError(message)
+    return ProbeSettings(**probe)
 
 
-def handles_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's input errors into ``Error: …`` lines with exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from reuse_analysis.errors import ReuseAnalysisError
-
-        try:
-            return func(*args, **kwargs)
-        except ReuseAnalysisError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-
-    return wrapper
+def _note(message: str) -> None:
+    click.echo(message, err=True)
 
 
-model_argument = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-concat_option = click.option(
-    "--concat-order",
-    type=click.Choice(["oldest-first", "newest-first"]),
-    default="oldest-first",
-    show_default=True,
-    help=CONCAT_HELP,
-)
-trust_option = click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Allow loading files that contain pickled Python objects (a whole nn.Module, "
-    "custom classes). This runs code from the file: only for files you trust.",
-)
-
-arch_option = click.option(
-    "--arch",
-    help="Trace this network instead of reading weight names: a registered model "
-    "(d2l_densenet, googlenet, densenet121, …) or module:function returning an nn.Module. "
-    "MODEL's weights are loaded into it (strict); works for any network whose layers read "
-    "a torch.cat of earlier tensors, in the order the graph concatenates them.",
-)
-input_size_option = click.option(
-    "--input-size",
-    type=click.IntRange(1),
-    help="Side of the example image the --arch model is traced with "
-    "(default: the size the checkpoint records, else 32).",
-)
-
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-device_option = click.option(
-    "--device",
-    type=click.Choice(DEVICES),
-    default="auto",
-    show_default=True,
-    help="Where the model runs (auto: CUDA, then MPS, then the CPU).",
-)
-
-
-def data_dir_option(what: str = "Where data sets are downloaded, extracted and cached.") -> Any:
-    """``--data-dir`` (default ``data``), with what the command keeps there."""
-    return click.option(
-        "--data-dir", default="data", show_default=True, type=click.Path(file_okay=False), help=what
-    )
+def _notes(result: Any) -> None:
+    """What inference could not make sense of, so that nothing is left out silently."""
+    for note in result.structure.notes:
+        _note(f"note: {note}")
 
 
 def _analyze(
@@ -136,105 +101,6 @@ def _analyze(
     from reuse_analysis.traced import analyze_traced
 
     return analyze_traced(model, arch, input_size=input_size, trust_pickle=trust_pickle)
-
-
-METRIC_HELP = (
-    "What the table measures. weight: mean |w| per source slice (the paper's); bn-weight: "
-    "|w| scaled by |γ|/√(σ²+ε) of the batch norm in front; activation: mean |contribution| "
-    "to the target's first-conv output on real images; ablation: loss increase when the "
-    "connection alone is cut; taylor: first-order estimate of ablation. The last three run "
-    "the model (--dataset, --images)."
-)
-metric_option = click.option(
-    "--metric",
-    type=click.Choice(list(METRICS)),
-    default="weight",
-    show_default=True,
-    help=METRIC_HELP,
-)
-# Options of the metrics that run the model; a command gets them as one `probe` dict.
-_PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device")
-
-
-def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the data-driven metrics' options; pass them on as ``probe=dict(...)``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, probe={k: kwargs.pop(k) for k in _PROBE_KEYS}, **kwargs)
-
-    options = [
-        click.option(
-            "--dataset",
-            help="Images for the data-driven metrics (default: the data set recorded in the "
-            "checkpoint): cifar10, …, npz:PATH or imagefolder:PATH.",
-        ),
-        data_dir_option(
-            "Where data sets are cached; results of data-driven metrics are kept in "
-            "DATA_DIR/probe-cache so that reruns and interrupted runs continue."
-        ),
-        click.option(
-            "--images",
-            type=click.IntRange(1),
-            default=1000,
-            show_default=True,
-            help="How many images (a fixed random subset of the split) the model runs on.",
-        ),
-        click.option(
-            "--split",
-            type=click.Choice(["train", "test"]),
-            default="train",
-            show_default=True,
-            help="Which split those images come from (train keeps the test set unseen).",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(1),
-            default=256,
-            show_default=True,
-            help="Images per forward pass (bounds memory).",
-        ),
-        device_option,
-    ]
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _settings(probe: dict[str, Any]) -> Any:
-    from reuse_analysis.probes import ProbeSettings
-
-    return ProbeSettings(**probe)
-
-
-def _measured(result: Any) -> str:
-    """``metric ablation on 1000 train images of cifar10`` for notes on stderr."""
-    a = result.table.attrs
-    on = (
-        f" on {a['images']} {a.get('split', '')} images of {a.get('dataset')}"
-        if "images" in a
-        else ""
-    )
-    return f"metric {a.get('metric', 'weight')}{on}"
-
-
-def _check_figure_path(output: Path) -> None:
-    if output.suffix.lower() not in FIGURE_FORMATS:
-        fail(f"cannot write {output}: use one of {', '.join(FIGURE_FORMATS)} as the extension")
-
-
-def _default_output(model: Path, suffix: str) -> Path:
-    return DEFAULT_REPORTS / f"{model.stem}{suffix}"
-
-
-def _note(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _notes(result: Any) -> None:
-    """What inference could not make sense of, so that nothing is left out silently."""
-    for note in result.structure.notes:
-        _note(f"note: {note}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -333,12 +199,8 @@ def heatmap(
     default=None,
     help="Output format (default: from the -o extension, else csv).",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default: standard output).",
-)
+@json_option("the table with its metadata (the same as --format json)")
+@output_option("File to write (default: standard output).")
 @concat_option
 @arch_option
 @input_size_option
@@ -349,6 +211,7 @@ def heatmap(
 def table(
     model: Path,
     fmt: str | None,
+    as_json: bool,
     output: Path | None,
     concat_order: str,
     arch: str | None,
@@ -365,16 +228,18 @@ def table(
     mean_abs_contribution, loss_increase, taylor_loss_increase); ablation adds
     accuracy_drop after normalized.
     """
-    if fmt is None:
-        fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
+    if as_json and fmt == "csv":
+        fail("--json and --format csv contradict each other; give one of them")
+    if as_json or (fmt is None and output is not None and output.suffix.lower() == ".json"):
+        fmt = "json"
     result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
-    text = _table_text(result, fmt)
+    rendered = _table_text(result, fmt or "csv")
     if output is None:
-        click.echo(text, nl=False)
+        click.echo(rendered, nl=False)
     else:
         from reuse_analysis._io import write_text_atomic
 
-        write_text_atomic(output, text)
+        write_text_atomic(output, rendered)
         click.echo(str(output))
     order = result.table.attrs["concat_order"]
     assumed = " (assumed)" * (arch is None)
@@ -388,7 +253,7 @@ def _table_text(result: Any, fmt: str) -> str:
 
 @cli.command()
 @model_argument
-@click.option("--json", "as_json", is_flag=True, help="Print the structure as JSON.")
+@json_option("the structure")
 @arch_option
 @input_size_option
 @trust_option
@@ -402,111 +267,49 @@ def info(
     """
     if arch is not None:
         result = _analyze(model, arch, input_size, "oldest-first", trust_pickle)
-        traced = {"file": str(model), "arch": arch, **result.structure.to_dict()}
-        click.echo(json.dumps(traced, indent=2) if as_json else _traced_text(traced))
+        traced = text.traced_payload(model, arch, result.structure)
+        click.echo(text.to_json(traced) if as_json else text.traced_text(traced))
         return
     from reuse_analysis.analysis import load_structure
 
     _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
-    described = {
-        "file": str(model),
-        "container": checkpoint.container if checkpoint else None,
-        "arch": checkpoint.arch if checkpoint else None,
-        "summary": structure.summary(),
-        **structure.to_dict(),
-        "meta": checkpoint.meta if checkpoint else {},
-    }
-    if as_json:
-        click.echo(json.dumps(described, indent=2, default=str))
-        return
-    click.echo(_info_text(described))
-
-
-def _traced_text(d: dict[str, Any]) -> str:
-    lines = [f"{d['file']}: {d['summary']}", f"  concat order    {d['concat_order']}"]
-    for g in d["groups"]:
-        kinds = [t["kind"] for t in g["targets"]]
-        counted = ", ".join(
-            f"{kinds.count(k)} {k}" + ("es" if k.endswith("ch") else "s") * (kinds.count(k) > 1)
-            for k in dict.fromkeys(kinds)
-        )
-        title = g["title"].replace("\n", " ")
-        lines.append(
-            f"  group {g['index']} ({g['layout']}) {title}: {len(g['sources'])} sources "
-            f"read by {counted}"
-        )
-    lines += [f"  note: {n}" for n in d["notes"]]
-    return "\n".join(lines)
-
-
-def _info_text(d: dict[str, Any]) -> str:
-    from reuse_analysis.checkpoint import human_count
-
-    lines = [
-        f"{d['file']}: {d['summary']}",
-        f"  stored as       {d['container']}" + (f" (arch {d['arch']})" if d["arch"] else ""),
-        f"  depth           {d['depth']} weighted layers",
-        f"  parameters      {human_count(d['num_parameters'])} ({d['num_parameters']:,})",
-        f"  input channels  {d['input_channels'] if d['input_channels'] else 'unknown'}",
-        f"  classes         {d['num_classes'] if d['num_classes'] else 'unknown'}",
-    ]
-    for b in d["blocks"]:
-        width = b["bottleneck_width"]
-        lines.append(
-            f"  block {b['index']}  {b['name'] or '(root)'}: {b['num_layers']} layers, "
-            f"k={b['growth_rate']}, {b['in_channels']}→{b['out_channels']} channels, "
-            + (f"bottleneck {width}" if width else "no bottleneck")
-        )
-        extra = b["extra"]
-        if extra and extra["kind"] == "transition":
-            lines.append(
-                f"      transition {extra['name']}: {extra['in_channels']}→"
-                f"{extra['out_channels']} channels (θ={extra['compression']:g})"
-            )
-        elif extra:
-            lines.append(
-                f"      classifier {extra['name']}: {extra['in_features']} features → "
-                f"{extra['num_classes']} classes"
-            )
-    lines += [f"  note: {n}" for n in d["notes"]]
-    return "\n".join(lines)
+    described = text.info_payload(model, structure, checkpoint)
+    click.echo(text.to_json(described) if as_json else text.info_text(described))
 
 
 @cli.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PDF to write (default: reports/MODEL-report.pdf, after the first model).",
-)
+@json_option("the list, with each model's full config")
+def models(as_json: bool) -> None:
+    """List the models `train --arch` and `compare --arch` build: the paper's DenseNets and
+    the textbook's CNNs, with parameters (at the default classes) and default input size."""
+    from reuse_analysis.models.catalog import catalog
+
+    entries = [entry.to_dict() for entry in catalog()]
+    click.echo(text.to_json(entries) if as_json else text.models_text(entries))
+
+
+@cli.command()
+@models_argument
+@output_option("PDF to write (default: reports/MODEL-report.pdf, after the first model).")
 @concat_option
 @metric_option
 @click.option(
     "--agreement",
-    "with_agreement",
     is_flag=True,
     help="Add a page on how well each metric agrees with ablation (runs the data-driven "
     "metrics on --images images, or reuses their cached results).",
 )
 @click.option(
     "--sweep",
-    "sweep_file",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_check_exists,
     help="Add the pruning sweep of the first MODEL from the CSV that `prune --sweep` wrote.",
 )
 @probe_options
 @trust_option
 @handles_bad_input
 def report(
-    models: tuple[Path, ...],
-    output: Path | None,
-    concat_order: str,
-    metric: str,
-    with_agreement: bool,
-    sweep_file: Path | None,
-    probe: dict[str, Any],
-    trust_pickle: bool,
+    models: tuple[Path, ...], output: Path | None, probe: dict[str, Any], **kwargs: Any
 ) -> None:
     """Write a PDF report on one or more MODELS: heatmap, the paper's four observations
     tested with numbers, transition redundancy, classifier focus and the full table.
@@ -517,48 +320,12 @@ def report(
     output = output or _default_output(models[0], "-report.pdf")
     if output.suffix.lower() != ".pdf":
         fail(f"cannot write {output}: a report is a PDF, use the .pdf extension")
-    from reuse_analysis.analysis import analyze
-    from reuse_analysis.report import model_report, write_report
+    from reuse_analysis.workflows import write_model_report
 
-    sweep = None
-    if sweep_file is not None:
-        from reuse_analysis.prune import read_sweep
-
-        sweep = read_sweep(str(sweep_file))
-    settings = _settings(probe)
-    results = [
-        analyze(
-            m, concat_order=concat_order, trust_pickle=trust_pickle, metric=metric, probe=settings
-        )
-        for m in models
-    ]
-    names = [r.model_name for r in results]
-    for i, r in enumerate(results):
-        if names.count(r.model_name) > 1:
-            r.model_name = f"{r.model_name} ({models[i]})"
-            r.table.attrs["model"] = r.model_name
-    reports = []
-    for i, (path, r) in enumerate(zip(models, results, strict=True)):
-        agreement = _agreement(path, settings, trust_pickle) if with_agreement else None
-        reports.append(model_report(r, agreement=agreement, sweep=sweep if i == 0 else None))
-    write_report(reports, output)
-    _note(f"{len(results)} model(s); concat order {concat_order}; {_measured(results[0])}")
+    reports = write_model_report(models, output, probe=_settings(probe), **kwargs)
+    order = kwargs["concat_order"]
+    _note(f"{len(reports)} model(s); concat order {order}; {_measured(reports[0])}")
     click.echo(str(output))
-
-
-def _agreement(model: Path, settings: Any, trust_pickle: bool, metrics: tuple[str, ...] = ()):
-    """Every metric's table of MODEL and their agreement with ablation."""
-    from reuse_analysis.agreement import agreement_table
-    from reuse_analysis.analysis import metric_tables
-
-    names = [*(metrics or [m for m in METRICS if m != "ablation"]), "ablation"]
-    tables = metric_tables(model, names, probe=settings, trust_pickle=trust_pickle)
-    df = agreement_table(tables)
-    df.attrs.update(
-        {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
-        model=model.stem,
-    )
-    return df
 
 
 @cli.command()
@@ -602,39 +369,16 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
         )
 
 
-def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-
-
-def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    try:
-        fractions = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(
-            "give fractions as a comma-separated list, e.g. 0.25,0.5"
-        ) from None
-    if not fractions or any(not 0 <= f < 1 for f in fractions):
-        raise click.BadParameter("fractions must lie in [0, 1)")
-    return fractions
-
-
 @cli.command()
 @model_argument
 @click.option(
     "--metrics",
-    callback=_names,
+    callback=compared_metrics,
     help="Metrics to compare with ablation, comma-separated (default: all of "
     "weight, bn-weight, activation, taylor).",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Figure to write (.png, .pdf, .svg; default: reports/MODEL-agreement.png).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the agreement table as JSON.")
+@output_option("Figure to write (.png, .pdf, .svg; default: reports/MODEL-agreement.png).")
+@json_option("the agreement table")
 @probe_options
 @trust_option
 @handles_bad_input
@@ -655,32 +399,15 @@ def agreement(
     """
     output = output or _default_output(model, "-agreement.png")
     _check_figure_path(output)
-    unknown = [m for m in metrics if m not in METRICS or m == "ablation"]
-    if unknown:
-        fail(
-            f"--metrics: unknown or reference metric {', '.join(unknown)}; choose from "
-            + ", ".join(m for m in METRICS if m != "ablation")
-        )
     from reuse_analysis.agreement import agreement_text
     from reuse_analysis.plotting import agreement_figure
+    from reuse_analysis.workflows import metric_agreement
 
-    df = _agreement(model, _settings(probe), trust_pickle, metrics)
-    a = df.attrs
-    title = (
-        f"{model.stem}: rank agreement with ablation\n({a['images']} {a['split']} images of "
-        f"{a['dataset']})"
-    )
-    fig = agreement_figure(df, title=title)
-    save_figure_atomic(fig, output)
+    df = metric_agreement(model, metrics=metrics, probe=_settings(probe), trust_pickle=trust_pickle)
+    title = text.agreement_title(df)
+    save_figure_atomic(agreement_figure(df, title=title), output)
     if as_json:
-        payload = {
-            "model": model.stem,
-            "reference": "ablation",
-            "data": {k: a[k] for k in ("dataset", "split", "images")},
-            "concat_order": "oldest-first",
-            "rows": json.loads(df.to_json(orient="records", double_precision=15)),
-        }
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(text.to_json(text.agreement_payload(df)))
     else:
         click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order oldest-first)")
         click.echo(agreement_text(df))
@@ -689,90 +416,24 @@ def agreement(
 
 @cli.command()
 @model_argument
-@click.option(
-    "--metric",
-    type=click.Choice(list(METRICS)),
-    default="weight",
-    show_default=True,
-    help="Rank connections by this metric (see `table --help`); cut the weakest.",
+@cut_options
+@output_option(
+    "Pruned model to write (OUT.pt); with --sweep the figure (default: "
+    "reports/MODEL-prune-sweep.png), its numbers beside it as .csv."
 )
-@click.option(
-    "--fraction",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Fraction F of each target column's sources to cut (required unless --sweep).",
-)
-@click.option(
-    "--scope",
-    type=click.Choice(["column", "global"]),
-    default="column",
-    show_default=True,
-    help="column: every target keeps its strongest ⌈(1−F)·n⌉ sources (at least one); "
-    "global: the strongest (1−F) of all connections by raw value, at least one per target.",
-)
-@click.option(
-    "--finetune-epochs",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Train the pruned model further, cut weights held at zero (resumable with --resume).",
-)
-@click.option(
-    "--finetune-images",
-    type=click.IntRange(1),
-    help="Fine-tune on a fixed random subset of N training images (default: all).",
-)
-@click.option(
-    "--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True
-)
-@click.option("--resume", is_flag=True, help="Continue an interrupted fine-tuning run.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1),
-    help="Measure accuracy on a fixed random subset of N test images (default: all).",
-)
-@click.option(
-    "--sweep",
-    "do_sweep",
-    is_flag=True,
-    help="Instead of one pruned model: accuracy (no fine-tuning) for every metric in "
-    "--metrics at every fraction in --fractions, as a figure and a CSV.",
-)
-@click.option(
-    "--metrics",
-    callback=_names,
-    default="weight,bn-weight,activation,taylor,ablation,random",
-    show_default=True,
-    help="Metrics the sweep compares ('random': the chance baseline).",
-)
-@click.option("--fractions", callback=_fractions, default="0.25,0.5,0.75,0.9", show_default=True)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Pruned model to write (OUT.pt); with --sweep the figure (default: "
-    "reports/MODEL-prune-sweep.png), its numbers beside it as .csv.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @probe_options
 @trust_option
 @handles_bad_input
 def prune(
     model: Path,
-    metric: str,
-    fraction: float | None,
-    scope: str,
-    finetune_epochs: int,
-    finetune_images: int | None,
-    finetune_lr: float,
-    resume: bool,
-    limit: int | None,
     do_sweep: bool,
     metrics: tuple[str, ...],
     fractions: tuple[float, ...],
     output: Path | None,
     as_json: bool,
     probe: dict[str, Any],
-    trust_pickle: bool,
+    **cut: Any,
 ) -> None:
     """Cut MODEL's weakest source→target connections and measure what it costs.
 
@@ -781,13 +442,27 @@ def prune(
     after (and after --finetune-epochs, masks kept); the pruned model is saved with its
     config and the list of cut connections, and loads in every command.
     """
+    limit, trust_pickle = cut.pop("limit_test"), cut.pop("trust_pickle")
     if do_sweep:
+        output = output or _default_output(model, "-prune-sweep.png")
+        _check_figure_path(output)
+        from reuse_analysis.prune import sweep
+        from reuse_analysis.workflows import write_sweep_outputs
+
         with interrupted_exits("interrupted: rerun the same command to continue the sweep"):
-            _prune_sweep(
-                model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle
+            df = sweep(
+                str(model),
+                metrics=list(metrics),
+                fractions=list(fractions),
+                scope=cut["scope"],
+                settings=_settings(probe),
+                limit=limit,
+                trust_pickle=trust_pickle,
             )
+            figure, csv = write_sweep_outputs(df, output)
+        click.echo(text.to_json(text.sweep_payload(df)) if as_json else f"{figure}\n{csv}")
         return
-    if fraction is None or output is None:
+    if cut["fraction"] is None or output is None:
         fail("prune needs --fraction F and -o OUT.pt (or --sweep)")
     if output.suffix.lower() not in (".pt", ".pth"):
         fail(f"cannot write {output}: a pruned model is a checkpoint, use the .pt extension")
@@ -799,74 +474,13 @@ def prune(
         record = prune_checkpoint(
             str(model),
             str(output),
-            metric=metric,
-            fraction=fraction,
-            scope=scope,
             settings=_settings(probe),
             limit=limit,
-            finetune_epochs=finetune_epochs,
-            finetune_images=finetune_images,
-            finetune_lr=finetune_lr,
-            resume=resume,
             trust_pickle=trust_pickle,
+            **cut,
         )
-    summary = (
-        f"cut {record['connections_cut']} of {record['connections']} connections "
-        f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
-        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
-        "test accuracy on "
-        f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
-        f"{100 * record['accuracy_pruned']:.2f} %"
-    )
-    if finetune_epochs:
-        summary += f" → {100 * record['accuracy_after']:.2f} % after fine-tuning"
-    _note(summary)
-    if as_json:
-        click.echo(json.dumps({"model": str(output), **record}, indent=2))
-    else:
-        click.echo(str(output))
-
-
-def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe, trust_pickle):
-    output = output or _default_output(model, "-prune-sweep.png")
-    _check_figure_path(output)
-    from reuse_analysis._io import write_text_atomic
-    from reuse_analysis.plotting import sweep_figure
-    from reuse_analysis.prune import UNPRUNED, sweep
-
-    df = sweep(
-        str(model),
-        metrics=list(metrics),
-        fractions=list(fractions),
-        scope=scope,
-        settings=_settings(probe),
-        limit=limit,
-        trust_pickle=trust_pickle,
-    )
-    a = df.attrs
-    base = df[df.metric == UNPRUNED]
-    fig = sweep_figure(
-        df[df.metric != UNPRUNED],
-        baseline=float(base.accuracy.iloc[0]),
-        title=f"{model.stem}: accuracy after cutting the weakest connections, no fine-tuning\n"
-        f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
-        f"{a['probe_split']} images; scope {scope}; concat order oldest-first",
-    )
-    table = output.with_suffix(".csv")
-    save_figure_atomic(fig, output)
-    write_text_atomic(
-        table,
-        df.assign(test_images=a["test_images"], scope=scope).to_csv(
-            index=False, float_format="%.6g"
-        ),
-    )
-    if as_json:
-        payload = {"model": model.stem, "scope": scope, **{k: a[k] for k in a if k != "model"}}
-        payload["rows"] = json.loads(df.to_json(orient="records", double_precision=15))
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        click.echo(str(output))
-        click.echo(str(table))
+    _note(text.prune_summary(record, cut["metric"]))
+    click.echo(text.to_json({"model": str(output), **record}) if as_json else str(output))
 
 
 @cli.command()
@@ -877,85 +491,26 @@ def _prune_sweep(model, metrics, fractions, scope, limit, output, as_json, probe
 @click.option("--notes", default="", help="Free text: how far the schedule was shortened, etc.")
 @data_dir_option()
 @device_option
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-    help="Card to write (default: MODEL with the extension .card.json).",
-)  # fmt: skip
+@output_option("Card to write (default: MODEL with the extension .card.json).")
+@json_option("the card (it is written to the file as well)")
 @handles_bad_input
-def card(
-    model: Path, train_command: str, notes: str, data_dir: str, device: str, output: Path | None
-) -> None:
+def card(model: Path, train_command: str, output: Path | None, as_json: bool, **kw: Any) -> None:
     """Write a model card (JSON) for a checkpoint made by `train`: config, data, epochs,
     accuracy on the whole test split, the command, hardware and wall time."""
     from reuse_analysis.modelcard import make_card, write_card
 
     output = output or model.with_suffix(".card.json")
-    made = make_card(model, command=train_command, notes=notes, data_dir=data_dir, device=device)
+    made = make_card(model, command=train_command, **kw)
     write_card(made, output)
-    _note(f"test accuracy {100 * made['test_accuracy']:.2f} % on {made['test_images']} images")
-    click.echo(str(output))
-
-
-@contextlib.contextmanager
-def interrupted_exits(note: str | None = None) -> Iterator[None]:
-    """Stop long work on Ctrl-C or SIGTERM alike: the library saves its state on
-    KeyboardInterrupt, then the process exits with status 130 and no traceback, after
-    ``note`` (how to continue) on stderr.
-
-    SIGTERM is what `kill`, job schedulers and container runtimes send; background jobs
-    started from a script ignore SIGINT, so without this they could not stop cleanly.
-    """
-
-    def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    except KeyboardInterrupt:
-        if note:
-            _note(note)
-        raise SystemExit(130) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        return tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
-    except ValueError:
-        raise click.BadParameter("give epochs as a comma-separated list, e.g. 1,2,5,10") from None
+    _note(text.card_line(made))
+    click.echo(text.to_json(made) if as_json else str(output))
 
 
 @cli.command()
 @click.option("--arch", required=True, help="Model name, e.g. densenet_bc_100 (see `models`).")
-@click.option(
-    "--dataset",
-    required=True,
-    help="cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH or imagefolder:PATH.",
-)
-@data_dir_option()
-@click.option(
-    "--epochs",
-    type=click.IntRange(1),
-    default=300,
-    show_default=True,
-    help="Epochs to train (the paper: 300 on CIFAR, 40 on SVHN).",
-)
-@click.option(
-    "--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Per process."
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.1,
-    show_default=True,
-    help="Learning rate per batch of 64: the initial one of --schedule paper, the peak of "
+@training_options(
+    epochs=300,
+    lr_help="Learning rate per batch of 64: the initial one of --schedule paper, the peak of "
     "onecycle and cosine.",
 )
 @click.option(
@@ -974,55 +529,27 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Cross-entropy label smoothing (0.1 helps short schedules).",
 )
 @click.option(
-    "--augment/--no-augment",
-    default=True,
-    show_default=True,
-    help="Random crops (4-pixel padding) and flips; without it dropout 0.2 is used.",
-)
-@click.option(
     "--drop-rate",
     type=click.FloatRange(0, 1, max_open=True),
     default=None,
     help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2); "
     "zoo models keep their own (0.5 in alexnet, vgg11, nin) unless this is given.",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Model file to write (default: trained_models/ARCH_DATASET.pt); the training "
-    "state goes beside it as .train.pt and the log as .log.csv.",
+@output_option(
+    "Model file to write (default: trained_models/ARCH_DATASET.pt); the training state "
+    "goes beside it as .train.pt and the log as .log.csv.",
+    old=("--out",),
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .train.pt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@device_option
-@click.option("--amp", is_flag=True, help="Mixed precision (fp16 on CUDA, bf16 on CPU).")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on most HW).")
-@click.option(
-    "--memory-efficient", is_flag=True, help="Recompute bottlenecks in backward to save memory."
-)
 @click.option(
     "--snapshot-epochs",
-    callback=_int_list,
+    callback=int_list,
     help="Also keep a copy of the model after these epochs, e.g. 1,2,5,10.",
 )
-@click.option(
-    "--limit-train", type=click.IntRange(1), help="Train on a fixed random subset of N images."
-)
-@click.option(
-    "--limit-test",
-    type=click.IntRange(1),
-    help="Evaluate on a fixed random subset of N test images.",
-)
-@click.option(
-    "--checkpoint-minutes",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Save the training state mid-epoch this often.",
-)
+@speed_options
+@json_option("the summary (model file, epochs, test accuracy, seconds)")
 @handles_bad_input
-def train(**kwargs: Any) -> None:
+def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
     """Train a model with the paper's recipe (SGD, Nesterov 0.9, wd 1e-4, batch 64).
 
     Runs on several processes with `torchrun --nproc-per-node N -m reuse_analysis train …`.
@@ -1030,67 +557,35 @@ def train(**kwargs: Any) -> None:
     from reuse_analysis.train import TrainConfig
     from reuse_analysis.train import train as run_training
 
-    if kwargs["out"] is None:
-        dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
-        kwargs["out"] = str(Path("trained_models") / f"{kwargs['arch']}_{dataset}.pt")
-    cfg = TrainConfig(**kwargs)
+    default = Path("trained_models") / f"{kwargs['arch']}_{dataset_stem(kwargs['dataset'])}.pt"
+    cfg = TrainConfig(out=str(output or default), **kwargs)
     with interrupted_exits():
         summary = run_training(cfg)
     if summary.get("replicas_identical"):
         _note("all ranks ended with identical weights")
-    if summary.get("test_acc") is not None:
-        _note(
-            f"done: {summary['epochs']} epochs, test accuracy {100 * summary['test_acc']:.2f} % "
-            f"(error {100 * (1 - summary['test_acc']):.2f} %), "
-            f"{summary['seconds'] / 60:.1f} min of training"
-        )
-        click.echo(summary["out"])
+    if summary.get("test_acc") is not None:  # the main process only
+        _note(text.training_line(summary))
+        click.echo(text.to_json(summary) if as_json else summary["out"])
 
 
 @cli.command()
 @model_argument
-@click.option(
-    "--dataset", help="Data set to evaluate on (default: the one recorded in the checkpoint)."
-)
+@dataset_option("Data set to evaluate on (default: the one recorded in the checkpoint).")
 @data_dir_option()
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option(
-    "--limit", type=click.IntRange(1), help="Evaluate on a fixed random subset of N test images."
+@batch_size_option(256, "Images per forward pass (bounds memory).")
+@test_images_option(
+    "Evaluate on a fixed random subset of N test images (default: all).", old=("--limit",)
 )
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @trust_option
 @handles_bad_input
-def evaluate(
-    model: Path,
-    dataset: str | None,
-    data_dir: str,
-    batch_size: int,
-    limit: int | None,
-    device: str,
-    as_json: bool,
-    trust_pickle: bool,
-) -> None:
+def evaluate(model: Path, limit_test: int | None, as_json: bool, **kwargs: Any) -> None:
     """Print MODEL's top-1 accuracy and loss on a data set's test split."""
     from reuse_analysis.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        model,
-        dataset=dataset,
-        data_dir=data_dir,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        trust_pickle=trust_pickle,
-    )
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        click.echo(
-            f"{model}: top-1 accuracy {100 * result['accuracy']:.2f} % "
-            f"(error {100 * (1 - result['accuracy']):.2f} %), loss {result['loss']:.4f} "
-            f"on {result['images']} images of {result['dataset']}"
-        )
+    result = evaluate_checkpoint(model, limit=limit_test, **kwargs)
+    click.echo(text.to_json(result) if as_json else text.evaluation_line(model, result))
 
 
 @cli.command()
@@ -1100,49 +595,13 @@ def evaluate(
     multiple=True,
     required=True,
     help="An architecture to compare (repeat the option), e.g. --arch resnet18 "
-    "--arch densenet_bc_100 --arch d2l_densenet.",
+    "--arch densenet_bc_100 --arch d2l_densenet (see `models`).",
 )
-@click.option(
-    "--dataset",
-    required=True,
-    help="cifar10, fashion-mnist, npz:PATH, imagefolder:PATH … (as for train).",
+@training_options(
+    epochs=3,
+    lr_help="Initial learning rate for every architecture; ÷10 at 50 % and 75 % of the epochs.",
 )
-@data_dir_option()
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.1,
-    show_default=True,
-    help="Initial learning rate for every architecture; ÷10 at 50 % and 75 % of the epochs.",
-)
-@click.option("--augment/--no-augment", default=True, show_default=True)
-@click.option(
-    "--limit-train",
-    type=click.IntRange(1),
-    help="Train every architecture on the same fixed random subset of N images.",
-)
-@click.option(
-    "--limit-test", type=click.IntRange(1), help="Evaluate on a fixed random subset of N images."
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@device_option
-@click.option(
-    "--measure-steps",
-    type=click.IntRange(1),
-    default=3,
-    show_default=True,
-    help="Timed training and inference steps per architecture and round.",
-)
-@click.option(
-    "--measure-rounds",
-    type=click.IntRange(1),
-    default=2,
-    show_default=True,
-    help="Rounds of speed measurements, architectures in alternating order; the fastest "
-    "step counts (other processes only slow steps down).",
-)
+@measure_options
 @click.option(
     "--work-dir",
     default="trained_models/compare",
@@ -1151,24 +610,20 @@ def evaluate(
     help="Where each architecture's checkpoint goes; a rerun of the same command reuses "
     "finished ones and resumes the one that was interrupted.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Table to write, .md or .csv; the figure goes beside it as .png "
-    "(default: reports/compare-DATASET.md).",
+@output_option(
+    "Table to write, .md or .csv; the figure goes beside it as .png "
+    "(default: reports/compare-DATASET.md)."
 )
+@json_option("the table (after writing it and the figure)")
 @handles_bad_input
-def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
+def compare(archs: tuple[str, ...], output: Path | None, as_json: bool, **kwargs: Any) -> None:
     """Compare architectures on one data set: parameters, FLOPs, peak training memory,
     training and inference images/s, and accuracy after the same training budget.
 
     Everything runs in one go on this machine; progress goes to stderr, the paths of the
     table and the figure to stdout.
     """
-    if output is None:
-        dataset = Path(kwargs["dataset"].split(":", 1)[-1]).stem.replace(".tar", "")
-        output = DEFAULT_REPORTS / f"compare-{dataset}.md"
+    output = output or DEFAULT_REPORTS / f"compare-{dataset_stem(kwargs['dataset'])}.md"
     if output.suffix.lower() not in (".md", ".csv"):
         fail(f"cannot write {output}: use .md or .csv as the extension")
     from reuse_analysis.compare import CompareConfig, write_outputs
@@ -1179,9 +634,9 @@ def compare(archs: tuple[str, ...], output: Path | None, **kwargs: Any) -> None:
     resume = "interrupted: rerun the same command to resume"
     with interrupted_exits(resume), contextlib.redirect_stdout(sys.stderr):
         df = run_compare(cfg, log=_note)
-    table, figure = write_outputs(df, output)
-    click.echo(str(table))
-    click.echo(str(figure))
+    table_path, figure = write_outputs(df, output)
+    payload = text.compare_payload(df, table_path, figure)
+    click.echo(text.to_json(payload) if as_json else f"{table_path}\n{figure}")
 
 
 def main() -> None:

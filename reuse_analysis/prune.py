@@ -628,6 +628,18 @@ def _sweep_row(
             "accuracy": acc, "loss": loss}  # fmt: skip
 
 
+def write_sweep(df: pd.DataFrame, path: str) -> None:
+    """Write a :func:`sweep` result as the CSV that :func:`read_sweep` reads, atomically.
+
+    The columns are :data:`SWEEP_COLUMNS` plus ``test_images`` and ``scope`` from the
+    result's attrs, so that the file alone says what each accuracy was measured on.
+    """
+    from reuse_analysis._io import write_text_atomic
+
+    table = df.assign(test_images=df.attrs["test_images"], scope=df.attrs["scope"])
+    write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
+
+
 def read_sweep(path: str) -> pd.DataFrame:
     """A sweep table written by ``prune --sweep`` (its CSV), checked."""
     try:

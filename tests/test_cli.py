@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from io import StringIO
+from pathlib import Path
 
+import click
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -53,11 +56,219 @@ def run(*args, cwd=None):
         os.chdir(old)
 
 
+COMMANDS = ("heatmap", "table", "info", "models", "report", "redundancy", "agreement", "prune",
+            "train", "evaluate", "card", "compare")  # fmt: skip
+
+
 def test_help_lists_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("heatmap", "table", "info", "train", "evaluate"):
-        assert command in result.output
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines()[1:]}
+    assert set(COMMANDS) <= set(cli.commands)
+    assert listed == set(cli.commands)
+
+
+def _options(command):
+    return [p for p in command.params if isinstance(p, click.Option)]
+
+
+def test_every_option_has_help():
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    missing = [
+        f"{' '.join(path)} {'/'.join(o.opts)}"
+        for path, command in walk(cli, ["reuse-analysis"])
+        for o in _options(command)
+        if not (o.help or "").strip()
+    ]
+    assert missing == []
+    assert len(list(walk(cli, []))) == len(cli.commands) + 1
+
+
+WRITERS = ("heatmap", "table", "report", "agreement", "prune", "train", "card", "compare")
+MACHINE_READABLE = ("table", "info", "models", "redundancy", "agreement", "prune", "train",
+                    "evaluate", "card", "compare")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_every_command_that_writes_a_file_takes_dash_o(name):
+    [output] = [o for o in _options(cli.commands[name]) if "--output" in o.opts]
+    assert output.opts == ["-o", "--output"]
+    assert "-o, --output" in run(name, "--help").output
+
+
+@pytest.mark.parametrize("name", MACHINE_READABLE)
+def test_every_machine_readable_output_takes_json(name):
+    [flag] = [o for o in _options(cli.commands[name]) if "--json" in o.opts]
+    assert flag.is_flag and flag.name == "as_json"
+
+
+# (command, old spelling, new spelling, parameter): the renamed options of this release.
+RENAMED = [
+    ("train", "--out", "--output", "output"),
+    ("train", "--limit-train", "--train-images", "limit_train"),
+    ("train", "--limit-test", "--test-images", "limit_test"),
+    ("compare", "--limit-train", "--train-images", "limit_train"),
+    ("compare", "--limit-test", "--test-images", "limit_test"),
+    ("evaluate", "--limit", "--test-images", "limit_test"),
+    ("prune", "--limit", "--test-images", "limit_test"),
+]
+
+
+@pytest.mark.parametrize(("name", "old", "new", "param"), RENAMED)
+def test_old_spellings_parse_the_same_and_are_hidden(tmp_path, name, old, new, param):
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+    value = str(tmp_path / "out.pt") if param == "output" else "7"
+    required = {
+        "train": ["--arch", "densenet40", "--dataset", "cifar10"],
+        "compare": ["--arch", "nin", "--dataset", "cifar10"],
+        "evaluate": [str(model)],
+        "prune": [str(model)],
+    }[name]
+    command = cli.commands[name]
+    parsed = {
+        spelling: command.make_context(name, [*required, spelling, value]).params[param]
+        for spelling in (old, new)
+    }
+    expected = Path(value) if param == "output" else 7
+    assert parsed == {old: expected, new: expected}
+    help_text = run(name, "--help").output
+    assert re.search(rf"(?<![\w-]){re.escape(new)}(?![\w-])", help_text)
+    assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", help_text)
+
+
+def test_table_json_is_format_json(kuangliu_path):
+    by_flag = run("table", kuangliu_path, "--json")
+    by_format = run("table", kuangliu_path, "--format", "json")
+    assert by_flag.exit_code == by_format.exit_code == 0
+    assert by_flag.stdout == by_format.stdout
+    assert json.loads(by_flag.stdout)["columns"] == COLUMNS
+    both = run("table", kuangliu_path, "--json", "--format", "csv")
+    assert both.exit_code == 2 and both.stderr.startswith("Error: ")
+
+
+HEAVY = {"torch", "pandas", "matplotlib"}
+
+
+def _imported(importtime_stderr):
+    """Top-level names of the modules a ``-X importtime`` run imported."""
+    return {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in importtime_stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_the_cli_modules_import_nothing_heavy():
+    modules = "reuse_analysis.cli, reuse_analysis.options, reuse_analysis.text"
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {modules}"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = _imported(out.stderr)
+    assert "reuse_analysis" in imported and "click" in imported
+    assert not imported & HEAVY
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", "MISSING"],
+        ["table", "MISSING", "-o", "OUT/t.csv"],
+        ["info", "MISSING", "--json"],
+        ["report", "MISSING", "-o", "OUT/r.pdf"],
+        ["report", "MODEL", "--sweep", "MISSING"],
+        ["redundancy", "MISSING"],
+        ["agreement", "MISSING"],
+        ["prune", "MISSING", "--fraction", "0.5", "-o", "OUT/p.pt"],
+        ["evaluate", "MISSING"],
+        ["card", "MISSING", "--command", "train"],
+        ["train", "--arch", "densenet40", "--dataset", "npz:MISSING", "-o", "OUT/m.pt"],
+        ["compare", "--arch", "nin", "--dataset", "imagefolder:MISSING", "-o", "OUT/c.md"],
+    ],
+)
+def test_a_missing_file_is_reported_before_torch_is_imported(tmp_path, args):
+    """One ``Error:`` line and exit 2, from the checks click runs while parsing."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"not looked at")
+    missing = tmp_path / "missing.pt"
+    subst = {"MISSING": str(missing), "MODEL": str(model)}
+    argv = [subst.get(a, a.replace("MISSING", str(missing)).replace("OUT", str(tmp_path / "o")))
+            for a in args]  # fmt: skip
+    script = "from reuse_analysis.cli import main; main()"
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", script, *argv], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    assert str(missing) in lines[0] and "no such file" in lines[0]
+    assert not _imported(out.stderr) & HEAVY
+    assert not (tmp_path / "o").exists()
+
+
+# The paper's Table 1/2 parameter counts, in millions (10 classes; ImageNet models 1000).
+PAPER_MILLIONS = {"densenet40": 1.0, "densenet100_k12": 7.0, "densenet100_k24": 27.2,
+                  "densenet_bc_100": 0.8, "densenet_bc_250": 15.3, "densenet_bc_190": 25.6,
+                  "densenet121": 8.0, "densenet161": 28.7, "densenet169": 14.1,
+                  "densenet201": 20.0, "densenet264": 33.3}  # fmt: skip
+
+
+def test_models_lists_every_model_with_parameters_and_input_size():
+    from reuse_analysis.models import ZOO, create_model, list_models
+
+    result = run("models", "--json")
+    assert result.exit_code == 0, result.output
+    entries = {e["name"]: e for e in json.loads(result.stdout)}
+    assert list(entries) == list_models()
+    assert set(PAPER_MILLIONS) | set(ZOO) == set(entries)
+    for name, millions in PAPER_MILLIONS.items():
+        assert entries[name]["paper_parameters_m"] == millions
+        assert abs(entries[name]["parameters"] / 1e6 - millions) < 0.05, name
+    # torchvision counts its DenseNet-121 independently
+    tv = sum(p.numel() for p in torchvision.models.densenet121().parameters())
+    assert entries["densenet121"]["parameters"] == tv
+    assert {n: e["input_size"] for n, e in entries.items() if e["input_size"] != 32} == {
+        n: 224 for n in ("densenet121", "densenet161", "densenet169", "densenet201", "densenet264")
+    }
+    for name in [*ZOO, "densenet_bc_100", "densenet121"]:
+        e = entries[name]
+        model = create_model(name).eval()
+        assert sum(p.numel() for p in model.parameters()) == e["parameters"]
+        x = torch.zeros(1, e["in_channels"], e["input_size"], e["input_size"])
+        with torch.no_grad():
+            assert model(x).shape == (1, e["num_classes"])
+    listed = run("models")
+    assert listed.exit_code == 0
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert list(rows) == list_models()
+    assert "0.77M" in rows["densenet_bc_100"] and "3×224×224" in rows["densenet121"]
+
+
+def test_sweep_csv_round_trip(tmp_path):
+    """What `prune --sweep` writes is what `report --sweep` reads, with its settings."""
+    from reuse_analysis.prune import SWEEP_COLUMNS, read_sweep, write_sweep
+
+    df = pd.DataFrame(
+        [["unpruned", 0.0, 0, 0.0, 0.0, 0.75, 0.8], ["weight", 0.5, 6, 0.5, 0.25, 0.5, 1.25]],
+        columns=SWEEP_COLUMNS,
+    )
+    df.attrs.update(model="m", test_images=48, scope="global")
+    path = tmp_path / "sweep.csv"
+    write_sweep(df, str(path))
+    back = read_sweep(str(path))
+    assert list(back.columns) == [*SWEEP_COLUMNS, "test_images", "scope"]
+    pd.testing.assert_frame_equal(back[SWEEP_COLUMNS], df, check_dtype=False)
+    assert back.attrs["test_images"] == 48 and back.attrs["scope"] == "global"
+    assert back.attrs["model"] == "sweep"
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.csv"]
 
 
 @pytest.mark.parametrize("ext", ["png", "pdf", "svg"])

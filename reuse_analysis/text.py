@@ -1,0 +1,207 @@
+"""Results as the command line prints them: one-line summaries, text blocks and the JSON
+payloads of ``--json``, each a pure function of a result the library returned.
+
+Scripts that want the same text or JSON as ``reuse-analysis`` call these. Nothing here
+imports torch, pandas or matplotlib; DataFrames are used through their own methods only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def records(df: Any) -> list[dict[str, Any]]:
+    """A DataFrame's rows as JSON-ready dicts, floats to 15 significant digits."""
+    return json.loads(df.to_json(orient="records", double_precision=15))
+
+
+def to_json(payload: Any) -> str:
+    """Indented JSON; paths and other objects as their ``str``."""
+    return json.dumps(payload, indent=2, default=str)
+
+
+def measured(result: Any) -> str:
+    """``metric ablation on 1000 train images of cifar10`` (of anything with a ``.table``)."""
+    a = result.table.attrs
+    on = (
+        f" on {a['images']} {a.get('split', '')} images of {a.get('dataset')}"
+        if "images" in a
+        else ""
+    )
+    return f"metric {a.get('metric', 'weight')}{on}"
+
+
+# ----------------------------------------------------------------------------- info
+def info_payload(path: Path, structure: Any, checkpoint: Any) -> dict[str, Any]:
+    """What `info --json` prints: the file, how it was stored, the inferred structure."""
+    return {
+        "file": str(path),
+        "container": checkpoint.container if checkpoint else None,
+        "arch": checkpoint.arch if checkpoint else None,
+        "summary": structure.summary(),
+        **structure.to_dict(),
+        "meta": checkpoint.meta if checkpoint else {},
+    }
+
+
+def info_text(d: dict[str, Any]) -> str:
+    """:func:`info_payload` for people: one line per block and its transition/classifier."""
+    from reuse_analysis.checkpoint import human_count
+
+    lines = [
+        f"{d['file']}: {d['summary']}",
+        f"  stored as       {d['container']}" + (f" (arch {d['arch']})" if d["arch"] else ""),
+        f"  depth           {d['depth']} weighted layers",
+        f"  parameters      {human_count(d['num_parameters'])} ({d['num_parameters']:,})",
+        f"  input channels  {d['input_channels'] if d['input_channels'] else 'unknown'}",
+        f"  classes         {d['num_classes'] if d['num_classes'] else 'unknown'}",
+    ]
+    for b in d["blocks"]:
+        width = b["bottleneck_width"]
+        lines.append(
+            f"  block {b['index']}  {b['name'] or '(root)'}: {b['num_layers']} layers, "
+            f"k={b['growth_rate']}, {b['in_channels']}→{b['out_channels']} channels, "
+            + (f"bottleneck {width}" if width else "no bottleneck")
+        )
+        extra = b["extra"]
+        if extra and extra["kind"] == "transition":
+            lines.append(
+                f"      transition {extra['name']}: {extra['in_channels']}→"
+                f"{extra['out_channels']} channels (θ={extra['compression']:g})"
+            )
+        elif extra:
+            lines.append(
+                f"      classifier {extra['name']}: {extra['in_features']} features → "
+                f"{extra['num_classes']} classes"
+            )
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)
+
+
+def traced_payload(path: Path, arch: str, structure: Any) -> dict[str, Any]:
+    """What `info --arch A --json` prints: the concatenation groups found by tracing."""
+    return {"file": str(path), "arch": arch, **structure.to_dict()}
+
+
+def traced_text(d: dict[str, Any]) -> str:
+    """:func:`traced_payload` for people: one line per group with its targets counted."""
+    lines = [f"{d['file']}: {d['summary']}", f"  concat order    {d['concat_order']}"]
+    for g in d["groups"]:
+        kinds = [t["kind"] for t in g["targets"]]
+        counted = ", ".join(
+            f"{kinds.count(k)} {k}" + ("es" if k.endswith("ch") else "s") * (kinds.count(k) > 1)
+            for k in dict.fromkeys(kinds)
+        )
+        title = g["title"].replace("\n", " ")
+        lines.append(
+            f"  group {g['index']} ({g['layout']}) {title}: {len(g['sources'])} sources "
+            f"read by {counted}"
+        )
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- agreement
+def agreement_title(df: Any) -> str:
+    """Figure title of the agreement plot (two lines)."""
+    a = df.attrs
+    return (
+        f"{a['model']}: rank agreement with ablation\n({a['images']} {a['split']} images of "
+        f"{a['dataset']})"
+    )
+
+
+def agreement_payload(df: Any) -> dict[str, Any]:
+    """What `agreement --json` prints: the agreement table with the data it was measured on."""
+    a = df.attrs
+    return {
+        "model": a["model"],
+        "reference": "ablation",
+        "data": {k: a[k] for k in ("dataset", "split", "images")},
+        "concat_order": "oldest-first",
+        "rows": records(df),
+    }
+
+
+# ----------------------------------------------------------------------------- prune
+def prune_summary(record: dict[str, Any], metric: str) -> str:
+    """One line: what was cut and the test accuracy before, after and after fine-tuning."""
+    line = (
+        f"cut {record['connections_cut']} of {record['connections']} connections "
+        f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
+        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
+        "test accuracy on "
+        f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
+        f"{100 * record['accuracy_pruned']:.2f} %"
+    )
+    if "finetune" in record:
+        line += f" → {100 * record['accuracy_after']:.2f} % after fine-tuning"
+    return line
+
+
+def sweep_title(df: Any) -> str:
+    """Figure title of a pruning sweep (two lines): what was measured on how many images."""
+    a = df.attrs
+    return (
+        f"{a['model']}: accuracy after cutting the weakest connections, no fine-tuning\n"
+        f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
+        f"{a['probe_split']} images; scope {a['scope']}; concat order oldest-first"
+    )
+
+
+def sweep_payload(df: Any) -> dict[str, Any]:
+    """What `prune --sweep --json` prints: the sweep's settings and rows."""
+    return {**df.attrs, "rows": records(df)}
+
+
+def compare_payload(df: Any, table: Path, figure: Path) -> dict[str, Any]:
+    """What `compare --json` prints: the files written, the setting and the rows."""
+    return {"table": str(table), "figure": str(figure), **df.attrs, "rows": records(df)}
+
+
+# ----------------------------------------------------------------------------- train, evaluate
+def evaluation_line(path: Path, result: dict[str, Any]) -> str:
+    """`evaluate`'s line: accuracy, error and loss on how many images of which data set."""
+    return (
+        f"{path}: top-1 accuracy {100 * result['accuracy']:.2f} % "
+        f"(error {100 * (1 - result['accuracy']):.2f} %), loss {result['loss']:.4f} "
+        f"on {result['images']} images of {result['dataset']}"
+    )
+
+
+def training_line(summary: dict[str, Any]) -> str:
+    """`train`'s closing note: epochs, final test accuracy and error, training time."""
+    acc = summary["test_acc"]
+    return (
+        f"done: {summary['epochs']} epochs, test accuracy {100 * acc:.2f} % "
+        f"(error {100 * (1 - acc):.2f} %), {summary['seconds'] / 60:.1f} min of training"
+    )
+
+
+def card_line(card: dict[str, Any]) -> str:
+    """`card`'s note: the accuracy the card records."""
+    return f"test accuracy {100 * card['test_accuracy']:.2f} % on {card['test_images']} images"
+
+
+# ----------------------------------------------------------------------------- models
+def models_text(entries: list[dict[str, Any]]) -> str:
+    """The `models` table: name, parameters in millions (the paper's beside), input, classes."""
+    header = ("name", "params", "paper", "input", "classes", "description")
+    rows = [
+        (
+            e["name"],
+            f"{e['parameters'] / 1e6:.2f}M",
+            f"{e['paper_parameters_m']:.1f}M" if e["paper_parameters_m"] else "",
+            f"{e['in_channels']}×{e['input_size']}×{e['input_size']}",
+            str(e["num_classes"]),
+            e["description"],
+        )
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in [header, *rows]
+    )

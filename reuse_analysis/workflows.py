@@ -1,0 +1,102 @@
+"""Commands that combine several library steps, as functions a script calls the same way:
+each metric's agreement with ablation, one report on several models, a pruning sweep
+written as a figure and a table. The command line parses, calls one of these, prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reuse_analysis import text
+from reuse_analysis.tables import METRICS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def metric_agreement(
+    model: str | os.PathLike[str],
+    *,
+    metrics: Sequence[str] = (),
+    probe: Any = None,
+    trust_pickle: bool = False,
+) -> pd.DataFrame:
+    """How well each metric (default: all but ablation) ranks MODEL's connections the way
+    ablation does (:func:`reuse_analysis.agreement.agreement_table`); the data-driven
+    metrics run on ``probe``'s images, and ``attrs`` say which, and name the model."""
+    from reuse_analysis.agreement import agreement_table
+    from reuse_analysis.analysis import metric_tables
+
+    names = [*(metrics or [m for m in METRICS if m != "ablation"]), "ablation"]
+    tables = metric_tables(model, names, probe=probe, trust_pickle=trust_pickle)
+    df = agreement_table(tables)
+    df.attrs.update(
+        {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
+        model=Path(model).stem,
+    )
+    return df
+
+
+def write_model_report(
+    models: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    concat_order: str = "oldest-first",
+    metric: str = "weight",
+    probe: Any = None,
+    agreement: bool = False,
+    sweep: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
+) -> list[Any]:
+    """Analyse ``models`` and write one PDF report on them; returns each model's
+    :class:`reuse_analysis.report.ModelReport` (its name, table, observations …).
+
+    Models with the same name are told apart by their paths. ``agreement`` adds each
+    model's agreement page; ``sweep`` (a CSV of ``prune --sweep``) the first model's
+    pruning sweep. Differences against the first model come with two or more models.
+    """
+    from reuse_analysis.analysis import analyze
+    from reuse_analysis.prune import read_sweep
+    from reuse_analysis.report import model_report, write_report
+
+    swept = read_sweep(str(sweep)) if sweep is not None else None
+    results = [
+        analyze(m, concat_order=concat_order, trust_pickle=trust_pickle, metric=metric, probe=probe)
+        for m in models
+    ]
+    names = [r.model_name for r in results]
+    for path, r in zip(models, results, strict=True):
+        if names.count(r.model_name) > 1:
+            r.model_name = f"{r.model_name} ({path})"
+            r.table.attrs["model"] = r.model_name
+    reports = []
+    for i, (path, r) in enumerate(zip(models, results, strict=True)):
+        agreed = (
+            metric_agreement(path, probe=probe, trust_pickle=trust_pickle) if agreement else None
+        )
+        reports.append(model_report(r, agreement=agreed, sweep=swept if i == 0 else None))
+    write_report(reports, output)
+    return reports
+
+
+def write_sweep_outputs(df: pd.DataFrame, figure: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Draw a :func:`reuse_analysis.prune.sweep` result into ``figure`` (the unpruned
+    accuracy as the baseline) and write its table beside it as .csv; returns both paths."""
+    from reuse_analysis._io import save_figure_atomic
+    from reuse_analysis.plotting import sweep_figure
+    from reuse_analysis.prune import UNPRUNED, write_sweep
+
+    figure = Path(figure)
+    base = df[df.metric == UNPRUNED]
+    fig = sweep_figure(
+        df[df.metric != UNPRUNED],
+        baseline=float(base.accuracy.iloc[0]),
+        title=text.sweep_title(df),
+    )
+    table = figure.with_suffix(".csv")
+    save_figure_atomic(fig, figure)
+    write_sweep(df, str(table))
+    return figure, table
