@@ -18,12 +18,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
 
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
+from reuse_analysis.concat_order import resolve_concat_order
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.metrics import input_channel_usage, reuse_table
 from reuse_analysis.structure import ConcatOrder, DenseNetStructure, infer_structure
@@ -75,7 +76,7 @@ def check_metric(metric: str, concat_order: str) -> None:
     """Raise an input error for an unknown metric, or a concat order a metric cannot honour."""
     if metric not in METRICS:
         raise ReuseAnalysisError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-    if metric not in WEIGHT_METRICS and concat_order != "oldest-first":
+    if metric not in WEIGHT_METRICS and concat_order not in ("oldest-first", "auto"):
         raise ReuseAnalysisError(
             f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first; "
             "--concat-order newest-first applies to the weight-only metrics"
@@ -85,7 +86,7 @@ def check_metric(metric: str, concat_order: str) -> None:
 def analyze(
     source: str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module,
     *,
-    concat_order: ConcatOrder = "oldest-first",
+    concat_order: ConcatOrder | Literal["auto"] = "auto",
     trust_pickle: bool = False,
     name: str | None = None,
     metric: str = "weight",
@@ -97,9 +98,17 @@ def analyze(
     ``taylor``; the last three run the model on the images ``probe`` describes (default:
     1,000 training images of the data set recorded in the checkpoint), with progress on
     stderr and results cached (:mod:`reuse_analysis.probes`).
+
+    ``concat_order="auto"`` reads the order from the batch-norm statistics
+    (:mod:`reuse_analysis.concat_order`); the table's attrs record the order, how it was
+    chosen (``concat_order_basis``), the evidence, and a warning when an explicit order
+    contradicts the file.
     """
     check_metric(metric, concat_order)
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
+    decision = resolve_concat_order(state_dict, structure, concat_order)
+    concat_order = decision.order
+    check_metric(metric, concat_order)
     if name is None:
         if checkpoint is not None:
             name = Path(checkpoint.path).stem
@@ -113,7 +122,13 @@ def analyze(
 
         table = probe_table(metric, state_dict, structure, checkpoint, probe)
         usage = input_channel_usage(state_dict, structure, concat_order)
-    table.attrs["model"] = name
+    table.attrs.update(
+        model=name,
+        concat_order=decision.order,
+        concat_order_basis=decision.basis,
+        concat_order_evidence=decision.evidence.to_dict(),
+        concat_order_warning=decision.warning,
+    )
     return Analysis(table, structure, checkpoint, name, usage, state_dict)
 
 

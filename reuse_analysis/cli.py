@@ -26,7 +26,8 @@ from reuse_analysis.tables import METRICS
 CONCAT_HELP = (
     "How each layer concatenates its inputs: oldest-first is [x0, x1, …] (torchvision, "
     "most code); newest-first is torch.cat([new, old]) (e.g. kuangliu/pytorch-cifar). "
-    "A weight file cannot tell which; every output states the order used."
+    "auto reads it from the batch-norm running statistics (assumes oldest-first when they "
+    "decide nothing); every output states the order and whether it was detected or assumed."
 )
 DEFAULT_REPORTS = Path("reports")
 
@@ -61,8 +62,8 @@ def handles_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
 model_argument = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 concat_option = click.option(
     "--concat-order",
-    type=click.Choice(["oldest-first", "newest-first"]),
-    default="oldest-first",
+    type=click.Choice(["auto", "oldest-first", "newest-first"]),
+    default="auto",
     show_default=True,
     help=CONCAT_HELP,
 )
@@ -121,13 +122,15 @@ def _analyze(
         from reuse_analysis.analysis import analyze
 
         settings = _settings(probe) if probe is not None else None
-        return analyze(
+        result = analyze(
             model,
             concat_order=concat_order,
             trust_pickle=trust_pickle,
             metric=metric,
             probe=settings,
         )
+        _order_warnings(result)
+        return result
     if metric != "weight":
         fail(
             f"--metric {metric} runs a DenseNet found by its weight names; the traced "
@@ -231,6 +234,14 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _order_warnings(result: Any) -> None:
+    """One stderr line for a concat order the weights contradict, one for untrained weights."""
+    from reuse_analysis.nulls import checkpoint_warnings
+
+    for line in checkpoint_warnings(result.state_dict, result.structure, result.table.attrs):
+        _note(f"warning: {line}")
+
+
 def _notes(result: Any) -> None:
     """What inference could not make sense of, so that nothing is left out silently."""
     for note in result.structure.notes:
@@ -318,8 +329,7 @@ def heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
     save_figure_atomic(fig, output, dpi)
-    order = result.table.attrs["concat_order"]
-    _note(f"{result.structure.summary()}; concat order {order}; {_measured(result)}")
+    _note(f"{result.structure.summary()}; concat order {_order_text(result)}; {_measured(result)}")
     _notes(result)
     click.echo(str(output))
 
@@ -376,9 +386,7 @@ def table(
 
         write_text_atomic(output, text)
         click.echo(str(output))
-    order = result.table.attrs["concat_order"]
-    assumed = " (assumed)" * (arch is None)
-    _note(f"{result.structure.summary()}; concat order {order}{assumed}; {_measured(result)}")
+    _note(f"{result.structure.summary()}; concat order {_order_text(result)}; {_measured(result)}")
     _notes(result)
 
 
@@ -391,6 +399,11 @@ def _table_text(result: Any, fmt: str) -> str:
         "model": result.model_name,
         "structure": df.attrs["structure"],
         "concat_order": df.attrs["concat_order"],
+        **(
+            {"concat_order_basis": df.attrs["concat_order_basis"]}
+            if "concat_order_basis" in df.attrs
+            else {}
+        ),
         "metric": df.attrs["metric"],
         **({"layout": df.attrs["layout"]} if "layout" in df.attrs else {}),
         **({"data": data} if data else {}),
@@ -556,7 +569,12 @@ def report(
         agreement = _agreement(path, settings, trust_pickle) if with_agreement else None
         reports.append(model_report(r, agreement=agreement, sweep=sweep if i == 0 else None))
     write_report(reports, output)
-    _note(f"{len(results)} model(s); concat order {concat_order}; {_measured(results[0])}")
+    for rep in reports:
+        for line in rep.warnings:
+            _note(f"warning: {rep.name}: {line}")
+    _note(
+        f"{len(results)} model(s); concat order {_order_text(results[0])}; {_measured(results[0])}"
+    )
     click.echo(str(output))
 
 
@@ -582,39 +600,83 @@ def _agreement(model: Path, settings: Any, trust_pickle: bool, metrics: tuple[st
 @trust_option
 @handles_bad_input
 def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
-    """How much of each transition layer's output the next block uses (MODEL).
+    """How many directions of each transition's output the next block reads (MODEL).
 
-    Per transition: weight on its outputs (row 0) against the other sources, the share
-    of channels used less than a tenth as much as the median one, and the compression
-    factor θ that keeps 90 % of the usage.
+    Per transition: the fraction of singular directions holding 90 % of the energy of the
+    next block's weights on the transition's output, and of the transition conv's own
+    weight, each next to a freshly initialised network of the same shapes; the compression
+    θ' this suggests, or none when the weights are no lower-rank than untrained ones.
     """
-    from reuse_analysis.analysis import analyze
-    from reuse_analysis.report import model_report
+    from reuse_analysis.redundancy import transition_redundancy
 
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
-    reds = model_report(result).redundancy()
+    result = _analyze(model, None, None, concat_order, trust_pickle)
+    order = result.table.attrs["concat_order"]
+    reds = transition_redundancy(result.state_dict, result.structure, order)
     if as_json:
         payload = {
             "model": result.model_name,
             "structure": result.structure.summary(),
-            "concat_order": concat_order,
+            "concat_order": _order_payload(result),
             "transitions": [r.to_dict() for r in reds],
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"{model}: {result.structure.summary()} (concat order {concat_order})")
+    click.echo(f"{model}: {result.structure.summary()} (concat order {_order_text(result)})")
     if not reds:
         click.echo("  no transition layer")
     for r in reds:
-        theta = ""
-        if r.theta_half_supported is not None:
-            theta = f"; θ=0.5 {'supported' if r.theta_half_supported else 'not supported'}"
-        click.echo(
-            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}, "
-            f"row 0 / other sources {r.row0_vs_other:.2f}, weak channels "
-            f"{100 * r.weak_share:.1f} %, 90 % of usage in {r.channels_for_90} channels → "
-            f"suggested θ {r.suggested_theta:.2f}{theta}"
+        i, c = r.read_in, r.transition_conv
+        theta = (
+            f"suggested θ' {r.suggested_compression:.2f}"
+            if r.suggested_compression is not None
+            else "no suggested θ' (no lower rank than untrained)"
         )
+        click.echo(
+            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}; "
+            f"read-in needs {i.fraction:.2f} of its directions for 90 % energy (untrained "
+            f"{i.untrained_mean:.2f} ± {i.untrained_sd:.3f}, p={i.p_value:.3f}); transition conv "
+            f"{c.fraction:.2f} (untrained {c.untrained_mean:.2f}); {theta}"
+        )
+
+
+@cli.command("observations")
+@model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
+@concat_option
+@trust_option
+@handles_bad_input
+def observations_command(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
+    """The paper's four observations on MODEL, per block, with a bootstrap interval, next to
+    the same architecture freshly initialised and to its weights with shuffled input
+    channels (20 seeds each). A verdict holds only beyond both at p ≤ 0.05."""
+    from reuse_analysis.observations import observations, observations_payload
+
+    result = _analyze(model, None, None, concat_order, trust_pickle)
+    order = result.table.attrs["concat_order"]
+    obs = observations(result.state_dict, result.structure, order)
+    if as_json:
+        payload = {"model": result.model_name, **observations_payload(obs, _order_payload(result))}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"{model}: {result.structure.summary()} (concat order {_order_text(result)})")
+    for o in obs:
+        click.echo(f"Observation {o.number}: {o.verdict} — {o.claim}")
+        click.echo(f"  {o.detail}")
+
+
+def _order_text(result: Any) -> str:
+    a = result.table.attrs
+    basis = a.get("concat_order_basis")
+    return f"{a['concat_order']}, {basis}" if basis else str(a["concat_order"])
+
+
+def _order_payload(result: Any) -> dict[str, Any]:
+    a = result.table.attrs
+    return {
+        "order": a["concat_order"],
+        "basis": a.get("concat_order_basis"),
+        "evidence": a.get("concat_order_evidence"),
+    }
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
