@@ -143,10 +143,10 @@ def detect_concat_order(
 
 
 def describe_evidence(evidence: Evidence) -> str:
-    """``36 layer pairs match oldest-first, 0 newest-first`` for notes and warnings."""
+    """``of 36 consecutive batch-norm pairs, 36 share … oldest-first and 0 newest-first``."""
     text = (
-        f"{evidence.oldest_first} of {evidence.pairs} consecutive batch-norm pairs share "
-        f"running statistics oldest-first, {evidence.newest_first} newest-first"
+        f"of {evidence.pairs} consecutive batch-norm pairs, {evidence.oldest_first} share "
+        f"running statistics oldest-first and {evidence.newest_first} newest-first"
     )
     if evidence.both:
         text += f", {evidence.both} either way (statistics at their initial values)"
