@@ -200,10 +200,15 @@ def checkpoint_warnings(
     if state_dict is None:
         return lines
     signs = untrained_signs(state_dict)
-    if signs:
+    if any("batch norm" in sign for sign in signs):
         lines.append(
             "the weights look untrained (" + "; ".join(signs) + "): the reuse pattern and "
             "the verdicts describe an initialisation, not learning"
+        )
+    elif signs:
+        lines.append(
+            "the weights look barely trained (" + "; ".join(signs) + "): the reuse pattern "
+            "and the verdicts say little about what training does"
         )
     order = attrs.get("concat_order")
     if order in CONCAT_ORDERS:

@@ -136,3 +136,29 @@ def test_cli_records_the_basis_and_warns_once(tmp_path):
     assert json.loads(wrong.stdout)["concat_order_basis"] == REQUESTED
     contradictions = [line for line in wrong.stderr.splitlines() if "contradicts" in line]
     assert len(contradictions) == 1 and contradictions[0].startswith("warning: ")
+
+
+def test_pattern_that_fits_the_other_order_is_named():
+    from reuse_analysis.models import create_model
+    from reuse_analysis.nulls import checkpoint_warnings, order_fit
+
+    torch.manual_seed(0)
+    sd = {
+        k: v.clone()
+        for k, v in create_model("densenet40", block_config=(6,) * 3).state_dict().items()
+    }
+    structure = infer_structure(sd)
+    for block in structure.blocks:  # c0 = 16, k = 12: the two orders cut different slices
+        for layer in block.layers:
+            for s, a, b in block.source_slices(layer.index):
+                sd[layer.first_conv.key][:, a:b] *= 1 + s % 3
+    fit = order_fit(sd, structure)
+    assert fit["oldest-first"] > 0.5 > fit["newest-first"]
+    right = checkpoint_warnings(sd, structure, {"concat_order": "oldest-first"})
+    assert not any("fits" in line for line in right)
+    (wrong,) = [
+        line
+        for line in checkpoint_warnings(sd, structure, {"concat_order": "newest-first"})
+        if "fits" in line
+    ]
+    assert "fits oldest-first better than the newest-first used" in wrong

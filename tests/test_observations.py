@@ -230,3 +230,22 @@ def test_exact_spread_and_focus_values_of_a_table():
     focus = classifier_focus(df)
     assert focus["last_sources"] == 1
     assert focus["ratio"] == pytest.approx(0.5 / np.mean([1.0, 0.4, 0.6]))
+
+
+def test_untrained_and_barely_trained_checkpoints_are_named():
+    from reuse_analysis.nulls import checkpoint_warnings
+
+    sd, structure = _fresh()
+    (line,) = checkpoint_warnings(sd, structure, {"concat_order": "oldest-first"})
+    assert line.startswith("the weights look untrained (every batch norm's running statistics")
+    assert "num_batches_tracked = 0" in line and "initialisation scale" in line
+    stepped = dict(sd)  # statistics moved by data, weights untouched: barely trained
+    for key in [k for k in sd if k.endswith("running_mean")]:
+        stepped[key] = sd[key] + 0.1
+    for key in [k for k in sd if k.endswith("num_batches_tracked")]:
+        stepped[key] = torch.tensor(5)
+    (line,) = checkpoint_warnings(stepped, structure, {"concat_order": "oldest-first"})
+    assert line.startswith("the weights look barely trained (")
+    shaped, _ = _shaped(_paper_like)
+    shaped.update({k: stepped[k] for k in stepped if "running" in k or "tracked" in k})
+    assert checkpoint_warnings(shaped, structure, {"concat_order": "oldest-first"}) == []
