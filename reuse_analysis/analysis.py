@@ -78,8 +78,9 @@ def check_metric(metric: str, concat_order: str) -> None:
         raise ReuseAnalysisError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     if metric not in WEIGHT_METRICS and concat_order not in ("oldest-first", "auto"):
         raise ReuseAnalysisError(
-            f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first; "
-            "--concat-order newest-first applies to the weight-only metrics"
+            f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first, "
+            "but the file is read newest-first (asked for, or detected from its batch-norm "
+            "statistics); newest-first applies to the weight-only metrics (weight, bn-weight)"
         )
 
 
