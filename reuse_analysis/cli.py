@@ -597,9 +597,24 @@ def _agreement(model: Path, settings: Any, trust_pickle: bool, metrics: tuple[st
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 @concat_option
+@click.option(
+    "--dataset",
+    help="Also measure the PCA dimensionality of each transition's outputs on this data "
+    "set's training images (runs the model and five fresh copies of it).",
+)
+@data_dir_option()
+@click.option("--images", type=click.IntRange(2), default=256, show_default=True)
 @trust_option
 @handles_bad_input
-def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
+def redundancy(
+    model: Path,
+    as_json: bool,
+    concat_order: str,
+    dataset: str | None,
+    data_dir: str,
+    images: int,
+    trust_pickle: bool,
+) -> None:
     """How many directions of each transition's output the next block reads (MODEL).
 
     Per transition: the fraction of singular directions holding 90 % of the energy of the
@@ -612,12 +627,25 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
     result = _analyze(model, None, None, concat_order, trust_pickle)
     order = result.table.attrs["concat_order"]
     reds = transition_redundancy(result.state_dict, result.structure, order)
+    pca = {}
+    if dataset is not None:
+        from reuse_analysis.redundancy import activation_redundancy
+
+        found = activation_redundancy(
+            result.state_dict, result.structure, result.checkpoint, dataset, data_dir, images
+        )
+        pca = {a.transition: a for a in found}
     if as_json:
         payload = {
             "model": result.model_name,
             "structure": result.structure.summary(),
             "concat_order": _order_payload(result),
-            "transitions": [r.to_dict() for r in reds],
+            "transitions": [
+                {**r.to_dict(), "activation_pca": pca[r.transition].to_dict()}
+                if r.transition in pca
+                else r.to_dict()
+                for r in reds
+            ],
         }
         click.echo(json.dumps(payload, indent=2))
         return
@@ -637,6 +665,13 @@ def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool
             f"{i.untrained_mean:.2f} ± {i.untrained_sd:.3f}, p={i.p_value:.3f}); transition conv "
             f"{c.fraction:.2f} (untrained {c.untrained_mean:.2f}); {theta}"
         )
+        if r.transition in pca:
+            a = pca[r.transition]
+            click.echo(
+                f"    on {a.images} images: {a.fraction:.2f} of the channels' principal "
+                f"components hold 90 % of the variance (untrained {a.untrained_mean:.2f} ± "
+                f"{a.untrained_sd:.3f})"
+            )
 
 
 @cli.command("observations")

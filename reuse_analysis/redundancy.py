@@ -179,3 +179,99 @@ def transition_redundancy(
             )
         )
     return out
+
+
+# ----------------------------------------------------------------- on images (--dataset)
+#: Fresh initialisations the activation reference runs (each is a forward pass over the
+#: images, so fewer than the weight references' 20: the mean and spread are shown, and
+#: the suggestion keeps coming from the weights alone).
+ACTIVATION_SEEDS = 5
+
+
+@dataclass(frozen=True)
+class ActivationDims:
+    """PCA dimensionality of one transition's outputs on images, next to untrained."""
+
+    transition: int
+    fraction: float  # fewest components for ENERGY of the standardised variance ÷ channels
+    dims: int
+    untrained_mean: float
+    untrained_sd: float
+    images: int
+
+    def to_dict(self) -> dict:
+        return {k: _round(v) for k, v in asdict(self).items()}
+
+
+def pca_dims(samples: torch.Tensor, energy: float = ENERGY) -> int:
+    """Fewest principal components of the standardised ``samples`` ``[n, channels]``
+    holding ``energy`` of the variance (correlation PCA).
+
+    Standardised, because an untrained network's eval-mode batch norms (mean 0, variance
+    1) leave its channels at arbitrary scales; a channel that never varies counts as 0.
+    """
+    x = samples.to(torch.float64)
+    x = x - x.mean(dim=0)
+    std = x.std(dim=0)
+    return energy_dims(x[:, std > 0] / std[std > 0], energy)
+
+
+def _transition_outputs(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> list:
+    """Each named transition module's output on ``x``, as ``[images·h·w, channels]``."""
+    modules = dict(model.named_modules())
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    hooks = [
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: captured[name].append(out.detach())
+        )
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            for batch in x.split(128):
+                model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = [torch.cat(captured[n]) for n in names]
+    return [o.permute(0, 2, 3, 1).reshape(-1, o.shape[1]) for o in outs]
+
+
+def activation_redundancy(
+    state_dict: Mapping[str, torch.Tensor],
+    structure: DenseNetStructure,
+    checkpoint: object,
+    dataset: str | None,
+    data_dir: str = "data",
+    images: int = 256,
+) -> list[ActivationDims]:
+    """PCA dimensionality of every transition's output on ``images`` training images, for
+    the model and for ``ACTIVATION_SEEDS`` fresh initialisations of the same DenseNet."""
+    from reuse_analysis.models import DenseNet
+    from reuse_analysis.probes import load_data, probe_images, runnable_model
+
+    model = runnable_model(state_dict, structure, checkpoint)
+    x, _ = probe_images(load_data(model, checkpoint, dataset, data_dir), "train", images)
+    names = [t.name for t in structure.transitions]
+    model_dims = [pca_dims(s) for s in _transition_outputs(model, names, x)]
+    ref = []
+    for seed in range(ACTIVATION_SEEDS):
+        torch.manual_seed(seed)
+        fresh = DenseNet(model.config).eval()
+        ref.append([pca_dims(s) for s in _transition_outputs(fresh, names, x)])
+    out = []
+    after = [b.index for b in structure.blocks if isinstance(b.extra, Transition)]
+    for i, t in enumerate(structure.transitions):
+        width = t.conv.out_channels
+        samples = np.array([r[i] for r in ref]) / width
+        out.append(
+            ActivationDims(
+                transition=after[i],
+                fraction=model_dims[i] / width,
+                dims=model_dims[i],
+                untrained_mean=float(samples.mean()),
+                untrained_sd=float(samples.std(ddof=1)) if len(samples) > 1 else 0.0,
+                images=len(x),
+            )
+        )
+    return out

@@ -121,3 +121,37 @@ def test_redundancy_json_and_text(tmp_path):
 def test_redundancy_module_does_not_import_matplotlib():
     code = "import sys, reuse_analysis.redundancy; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pca_dims_of_hand_built_samples():
+    from reuse_analysis.redundancy import pca_dims
+
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(500, 2, generator=generator)
+    # five channels, all mixtures of two latent signals, one constant (ignored)
+    mix = torch.tensor([[1.0, 0.0, 1.0, 2.0, 0.0], [0.0, 1.0, 1.0, -1.0, 0.0]])
+    samples = latent @ mix + torch.tensor([0, 0, 0, 0, 7.0])
+    assert pca_dims(samples) == 2
+    assert pca_dims(torch.randn(2000, 6, generator=generator)) == 6
+
+
+def test_redundancy_on_images(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("densenet40", block_config=(2, 2, 2), num_classes=4)
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(16) % 4
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x, y_test=y)
+    args = ["redundancy", str(path), "--json", "--dataset", f"npz:{data}", "--images", "8"]
+    result = CliRunner().invoke(cli, [*args, "--data-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)["transitions"]
+    for t in (first, second):
+        pca = t["activation_pca"]
+        assert pca["images"] == 8 and 0 < pca["fraction"] <= 1
+        assert pca["dims"] == round(pca["fraction"] * t["channels"])
+        assert pca["untrained_mean"] is not None
+    assert first["suggested_compression"] is None  # untrained weights: no suggestion
