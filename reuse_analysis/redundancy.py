@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +51,10 @@ class Reference:
     untrained_mean: float
     untrained_sd: float
     p_value: float  # share of seeds at or below the model's fraction, (1 + k) / (1 + n)
+    #: Cumulative share of the squared singular values, model and first untrained seed
+    #: (for the report's plot; not in the JSON).
+    curve: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    untrained_curve: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def below_untrained(self) -> bool:
@@ -74,7 +78,7 @@ class TransitionRedundancy:
     def to_dict(self) -> dict:
         d = asdict(self)
         for key in ("read_in", "transition_conv"):
-            d[key] = {k: _round(v) for k, v in d[key].items()}
+            d[key] = {k: _round(v) for k, v in d[key].items() if "curve" not in k}
             d[key]["below_untrained"] = getattr(self, key).below_untrained
         d["untrained_reference"] = _round(self.read_in.untrained_mean)
         d["row0_vs_other"] = _round(self.row0_vs_other)
@@ -85,6 +89,12 @@ def _round(v: float | int) -> float | int | None:
     if isinstance(v, int):
         return v
     return None if not math.isfinite(v) else round(float(v), 4)
+
+
+def energy_curve(matrix: torch.Tensor) -> tuple[float, ...]:
+    """Cumulative share of the squared singular values, largest first."""
+    s2 = torch.linalg.svdvals(matrix.to(torch.float64)) ** 2
+    return tuple((torch.cumsum(s2, 0) / s2.sum()).tolist()) if float(s2.sum()) > 0 else ()
 
 
 def energy_dims(matrix: torch.Tensor, energy: float = ENERGY) -> int:
@@ -106,14 +116,18 @@ def _reference(matrix: torch.Tensor, shapes: list[torch.Size], width: int, build
     dims = energy_dims(matrix)
     fraction = dims / width
     generator = torch.Generator().manual_seed(0)
-    samples = np.array(
-        [
-            energy_dims(build([init_like(torch.empty(s), generator) for s in shapes])) / width
-            for _ in range(seeds)
-        ]
-    )
+    fresh = [build([init_like(torch.empty(s), generator) for s in shapes]) for _ in range(seeds)]
+    samples = np.array([energy_dims(m) / width for m in fresh])
     p = (1 + (samples <= fraction).sum()) / (1 + len(samples))
-    return Reference(fraction, dims, float(samples.mean()), float(samples.std(ddof=1)), float(p))
+    return Reference(
+        fraction,
+        dims,
+        float(samples.mean()),
+        float(samples.std(ddof=1)),
+        float(p),
+        energy_curve(matrix),
+        energy_curve(fresh[0]),
+    )
 
 
 def transition_redundancy(

@@ -40,7 +40,6 @@ from reuse_analysis.observations import (
 )
 from reuse_analysis.plotting import (
     plot_agreement,
-    plot_channel_usage,
     plot_classifier,
     plot_difference,
     plot_reuse_heatmap,
@@ -314,9 +313,26 @@ def redundancy_page(m: ModelReport) -> Figure:
     width = 0.84 / len(reds)
     for i, r in enumerate(reds):
         ax = fig.add_axes((0.08 + i * width, 0.08, width - 0.06, max(0.2, y - 0.18)))
-        usage = m.usage[m.usage.block == r.transition + 1]["usage"].to_numpy()
-        plot_channel_usage(usage, ax, title=f"transition after block {r.transition}")
+        _energy_plot(ax, r)
     return fig
+
+
+def _energy_plot(ax: Any, r: TransitionRedundancy) -> None:
+    """Cumulative energy of the read-in's singular values against the share of directions."""
+    for curve, label, style in (
+        (r.read_in.curve, "model", {"color": "tab:blue"}),
+        (r.read_in.untrained_curve, "untrained", {"color": "grey", "ls": "--"}),
+    ):
+        if curve:
+            x = np.arange(1, len(curve) + 1) / r.channels
+            ax.plot(x, curve, label=label, lw=1.2, **style)
+    ax.axhline(0.9, color="tab:red", lw=0.7, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("share of directions (of the transition's channels)")
+    ax.set_ylabel("cumulative energy of the read-in")
+    ax.set_title(f"transition after block {r.transition}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def classifier_page(m: ModelReport) -> Figure:
