@@ -23,12 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 
 from reuse_analysis.checkpoint import LoadedCheckpoint, check_finite, load_checkpoint
+from reuse_analysis.concat_order import resolve_concat_order
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.metrics import REGISTRY, MetricInputs, compute_tables, input_channel_usage
 from reuse_analysis.structure import ConcatOrder, DenseNetStructure, infer_structure
@@ -37,8 +38,9 @@ from reuse_analysis.tables import METRICS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from reuse_analysis.observations import Observation, TransitionRedundancy
+    from reuse_analysis.observations import Observation
     from reuse_analysis.probes import ProbeSettings
+    from reuse_analysis.redundancy import TransitionRedundancy
     from reuse_analysis.traced import TracedStructure
 
 #: The data attributes a data-driven table records, copied into the JSON under ``data``.
@@ -83,16 +85,36 @@ class Analysis:
         return plot_reuse_heatmap(self.table, **style)
 
     def observations(self) -> list[Observation]:
-        """The paper's four observations, each with its statistic and verdict."""
+        """The paper's four observations, each measured against an untrained and a
+        channel-permuted network of the same shapes (:mod:`reuse_analysis.observations`)."""
         from reuse_analysis.observations import observations
 
-        return observations(self.table)
+        return observations(self._weights(), self._dense_structure(), self._order())
 
     def redundancy(self) -> list[TransitionRedundancy]:
-        """Per transition: how much of its output the next block uses."""
-        from reuse_analysis.observations import transition_redundancy
+        """Per transition: the effective rank of what the next block reads from it, against
+        untrained networks (:mod:`reuse_analysis.redundancy`)."""
+        from reuse_analysis.redundancy import transition_redundancy
 
-        return transition_redundancy(self.table, self.usage, self.compressions)
+        return transition_redundancy(self._weights(), self._dense_structure(), self._order())
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        if self.state_dict is None:
+            if self.model is None:
+                raise ReuseAnalysisError("this analysis holds no weights to measure")
+            return {k: v.detach() for k, v in self.model.state_dict().items()}
+        return self.state_dict
+
+    def _dense_structure(self) -> DenseNetStructure:
+        """The dense-block structure the weight statistics need; a traced analysis infers it
+        from the traced model's weights (a network that is no DenseNet has none)."""
+        if isinstance(self.structure, DenseNetStructure):
+            return self.structure
+        return infer_structure(self._weights())
+
+    def _order(self) -> str:
+        order = str(self.table.attrs.get("concat_order", "oldest-first"))
+        return order.removesuffix(" (traced)") if "first" in order else "oldest-first"
 
     def to_csv(self) -> str:
         """The table as CSV, exactly the columns of ``reuse-analysis table``."""
@@ -101,8 +123,8 @@ class Analysis:
     def to_json(self) -> str:
         """The table as JSON (``table --format json``): what was assumed, then the rows.
 
-        The same keys for every analysis: ``model, structure, concat_order, metric,
-        layout`` (per block, ``dense`` or ``matrix``), ``data`` for a data-driven metric,
+        The same keys for every analysis: ``model, structure, concat_order,
+        concat_order_basis`` (detected, assumed, requested or traced), ``metric, layout`` (per block, ``dense`` or ``matrix``), ``data`` for a data-driven metric,
         ``columns`` and ``rows``.
         """
         df = self.table
@@ -112,6 +134,7 @@ class Analysis:
             "model": self.model_name,
             "structure": df.attrs["structure"],
             "concat_order": df.attrs["concat_order"],
+            "concat_order_basis": df.attrs.get("concat_order_basis"),
             "metric": df.attrs["metric"],
             "layout": layout,
             **({"data": data} if data else {}),
@@ -148,10 +171,11 @@ def check_metric(metric: str, concat_order: str) -> None:
     """Raise an input error for an unknown metric, or a concat order a metric cannot honour."""
     if metric not in METRICS:
         raise ReuseAnalysisError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-    if METRICS[metric].data_driven and concat_order != "oldest-first":
+    if METRICS[metric].data_driven and concat_order not in ("oldest-first", "auto"):
         raise ReuseAnalysisError(
-            f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first; "
-            "--concat-order newest-first applies to the weight-only metrics"
+            f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first, "
+            "but the file is read newest-first (asked for, or detected from its batch-norm "
+            "statistics); newest-first applies to the weight-only metrics (weight, bn-weight)"
         )
 
 
@@ -164,7 +188,7 @@ def _default_name(source: object, checkpoint: LoadedCheckpoint | None) -> str:
 def analyze(
     source: str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module,
     *,
-    concat_order: ConcatOrder = "oldest-first",
+    concat_order: ConcatOrder | Literal["auto"] = "auto",
     trust_pickle: bool = False,
     name: str | None = None,
     metric: str = "weight",
@@ -176,13 +200,27 @@ def analyze(
     ``taylor``; the last three run the model on the images ``probe`` describes (default:
     1,000 training images of the data set recorded in the checkpoint), with progress on
     stderr and results cached (:mod:`reuse_analysis.probes`).
+
+    ``concat_order="auto"`` reads the order from the batch-norm statistics
+    (:mod:`reuse_analysis.concat_order`); the table's attrs record the order, how it was
+    chosen (``concat_order_basis``), the evidence, and a warning when an explicit order
+    contradicts the file.
     """
     check_metric(metric, concat_order)
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
+    decision = resolve_concat_order(state_dict, structure, concat_order)
+    concat_order = decision.order
+    check_metric(metric, concat_order)
     name = name or _default_name(source, checkpoint)
     inputs = MetricInputs(state_dict, structure, checkpoint, probe, concat_order=concat_order)
     table = REGISTRY[metric].compute(inputs)
-    table.attrs["model"] = name
+    table.attrs.update(
+        model=name,
+        concat_order=decision.order,
+        concat_order_basis=decision.basis,
+        concat_order_evidence=decision.evidence.to_dict(),
+        concat_order_warning=decision.warning,
+    )
     # Channel usage is a weight statistic: BN-scaled for bn-weight, plain |w| otherwise.
     usage_metric = metric if not METRICS[metric].data_driven else "weight"
 

@@ -64,6 +64,14 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _order_warnings(result: Any) -> None:
+    """One stderr line for a concat order the weights contradict, one for untrained weights."""
+    from reuse_analysis.nulls import checkpoint_warnings
+
+    for line in checkpoint_warnings(result.state_dict, result.structure, result.table.attrs):
+        _note(f"warning: {line}")
+
+
 def _notes(result: Any) -> None:
     """What inference could not make sense of, so that nothing is left out silently."""
     for note in result.structure.notes:
@@ -86,13 +94,15 @@ def _analyze(
         from reuse_analysis.analysis import analyze
 
         settings = _settings(probe) if probe is not None else None
-        return analyze(
+        result = analyze(
             model,
             concat_order=concat_order,
             trust_pickle=trust_pickle,
             metric=metric,
             probe=settings,
         )
+        _order_warnings(result)
+        return result
     if metric != "weight":
         fail(
             f"--metric {metric} runs a DenseNet found by its weight names; the traced "
@@ -184,7 +194,7 @@ def heatmap(
         result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
     )
     save_figure_atomic(fig, output, dpi)
-    order = result.table.attrs["concat_order"]
+    order = text.order_text(result.table.attrs)
     _note(f"{result.structure.summary()}; concat order {order}; {_measured(result)}")
     _notes(result)
     click.echo(str(output))
@@ -241,9 +251,8 @@ def table(
 
         write_text_atomic(output, rendered)
         click.echo(str(output))
-    order = result.table.attrs["concat_order"]
-    assumed = " (assumed)" * (arch is None)
-    _note(f"{result.structure.summary()}; concat order {order}{assumed}; {_measured(result)}")
+    order = text.order_text(result.table.attrs)
+    _note(f"{result.structure.summary()}; concat order {order}; {_measured(result)}")
     _notes(result)
 
 
@@ -323,50 +332,96 @@ def report(
     from reuse_analysis.workflows import write_model_report
 
     reports = write_model_report(models, output, probe=_settings(probe), **kwargs)
-    order = kwargs["concat_order"]
+    for rep in reports:
+        for line in rep.warnings:
+            _note(f"warning: {rep.name}: {line}")
+    order = text.order_text(reports[0].table.attrs)
     _note(f"{len(reports)} model(s); concat order {order}; {_measured(reports[0])}")
     click.echo(str(output))
 
 
 @cli.command()
 @model_argument
-@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@json_option("the analysis")
+@concat_option
+@click.option(
+    "--dataset",
+    help="Also measure the PCA dimensionality of each transition's outputs on this data "
+    "set's training images (runs the model and five fresh copies of it).",
+)
+@data_dir_option()
+@click.option(
+    "--images",
+    type=click.IntRange(2),
+    default=256,
+    show_default=True,
+    help="Training images the PCA of --dataset runs on.",
+)
+@trust_option
+@handles_bad_input
+def redundancy(
+    model: Path,
+    as_json: bool,
+    concat_order: str,
+    dataset: str | None,
+    data_dir: str,
+    images: int,
+    trust_pickle: bool,
+) -> None:
+    """How many directions of each transition's output the next block reads (MODEL).
+
+    Per transition: the fraction of singular directions holding 90 % of the energy of the
+    next block's weights on the transition's output, and of the transition conv's own
+    weight, each next to a freshly initialised network of the same shapes; the compression
+    θ' this suggests, or none when the weights are no lower-rank than untrained ones.
+    """
+    result = _analyze(model, None, None, concat_order, trust_pickle)
+    reds = result.redundancy()
+    pca = {}
+    if dataset is not None:
+        from reuse_analysis.redundancy import activation_redundancy
+
+        found = activation_redundancy(
+            result.state_dict, result.structure, result.checkpoint, dataset, data_dir, images
+        )
+        pca = {a.transition: a for a in found}
+    attrs = result.table.attrs
+    if as_json:
+        order = text.order_payload(attrs)
+        summary = result.structure.summary()
+        click.echo(text.redundancy_json(result.model_name, summary, order, reds, pca))
+        return
+    summary = result.structure.summary()
+    for line in text.redundancy_lines(str(model), summary, text.order_text(attrs), reds, pca):
+        click.echo(line)
+
+
+@cli.command("observations")
+@model_argument
+@json_option("the verdicts")
 @concat_option
 @trust_option
 @handles_bad_input
-def redundancy(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
-    """How much of each transition layer's output the next block uses (MODEL).
+def observations_command(model: Path, as_json: bool, concat_order: str, trust_pickle: bool) -> None:
+    """The paper's four observations on MODEL, per block, with a bootstrap interval, next to
+    the same architecture freshly initialised and to its weights with shuffled input
+    channels (20 seeds each). A verdict holds only beyond both at p ≤ 0.05."""
+    from reuse_analysis.observations import observations_payload
 
-    Per transition: weight on its outputs (row 0) against the other sources, the share
-    of channels used less than a tenth as much as the median one, and the compression
-    factor θ that keeps 90 % of the usage.
-    """
-    from reuse_analysis.analysis import analyze
-
-    result = analyze(model, concat_order=concat_order, trust_pickle=trust_pickle)
-    reds = result.redundancy()
+    result = _analyze(model, None, None, concat_order, trust_pickle)
+    obs = result.observations()
+    attrs = result.table.attrs
     if as_json:
         payload = {
             "model": result.model_name,
-            "structure": result.structure.summary(),
-            "concat_order": concat_order,
-            "transitions": [r.to_dict() for r in reds],
+            **observations_payload(obs, text.order_payload(attrs)),
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"{model}: {result.structure.summary()} (concat order {concat_order})")
-    if not reds:
-        click.echo("  no transition layer")
-    for r in reds:
-        theta = ""
-        if r.theta_half_supported is not None:
-            theta = f"; θ=0.5 {'supported' if r.theta_half_supported else 'not supported'}"
-        click.echo(
-            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}, "
-            f"row 0 / other sources {r.row0_vs_other:.2f}, weak channels "
-            f"{100 * r.weak_share:.1f} %, 90 % of usage in {r.channels_for_90} channels → "
-            f"suggested θ {r.suggested_theta:.2f}{theta}"
-        )
+    click.echo(f"{model}: {result.structure.summary()} (concat order {text.order_text(attrs)})")
+    for o in obs:
+        click.echo(f"Observation {o.number}: {o.verdict} — {o.claim}")
+        click.echo(f"  {o.detail}")
 
 
 @cli.command()

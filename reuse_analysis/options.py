@@ -270,12 +270,13 @@ def seed_option() -> Decorator:
 
 concat_option = click.option(
     "--concat-order",
-    type=click.Choice(["oldest-first", "newest-first"]),
-    default="oldest-first",
+    type=click.Choice(["auto", "oldest-first", "newest-first"]),
+    default="auto",
     show_default=True,
     help="How each layer concatenates its inputs: oldest-first is [x0, x1, …] (torchvision, "
     "most code); newest-first is torch.cat([new, old]) (e.g. kuangliu/pytorch-cifar). "
-    "A weight file cannot tell which; every output states the order used.",
+    "auto reads it from the batch-norm running statistics (assumes oldest-first when they "
+    "decide nothing); every output states the order and whether it was detected or assumed.",
 )
 trust_option = click.option(
     "--trust-pickle",

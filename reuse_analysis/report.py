@@ -26,20 +26,20 @@ from matplotlib.figure import Figure
 from reuse_analysis import __version__
 from reuse_analysis._io import atomic_path
 from reuse_analysis.analysis import Analysis
+from reuse_analysis.nulls import checkpoint_warnings
 from reuse_analysis.observations import (
+    ALPHA,
     FAILS,
     HOLDS,
+    SEEDS,
     Observation,
-    TransitionRedundancy,
     classifier_focus,
     least_weight_source,
     observations,
     spread,
-    transition_redundancy,
 )
 from reuse_analysis.plotting import (
     plot_agreement,
-    plot_channel_usage,
     plot_classifier,
     plot_difference,
     plot_reuse_heatmap,
@@ -47,6 +47,7 @@ from reuse_analysis.plotting import (
     plot_spread,
     plot_sweep,
 )
+from reuse_analysis.redundancy import TransitionRedundancy, transition_redundancy
 from reuse_analysis.structure import default_input_size, estimate_macs
 from reuse_analysis.tables import table_metric, value_column
 
@@ -67,14 +68,17 @@ class ModelReport:
     macs: int
     input_size: int
     meta: dict[str, Any]  # what the checkpoint recorded (data set, accuracy, epoch…)
+    verdicts: list[Observation]  # the four observations against their nulls (weights)
+    transitions: list[TransitionRedundancy]  # redundancy.transition_redundancy
+    warnings: list[str]  # why the results may not mean much (nulls.checkpoint_warnings)
     agreement: pd.DataFrame | None = None  # agreement.agreement_table, if asked for
     sweep: pd.DataFrame | None = None  # prune.sweep's table, if given
 
     def observations(self) -> list[Observation]:
-        return observations(self.table)
+        return self.verdicts
 
     def redundancy(self) -> list[TransitionRedundancy]:
-        return transition_redundancy(self.table, self.usage, self.compressions)
+        return self.transitions
 
 
 def model_report(
@@ -83,8 +87,14 @@ def model_report(
     agreement: pd.DataFrame | None = None,
     sweep: pd.DataFrame | None = None,
 ) -> ModelReport:
-    """Collect what the report needs from an analysis (and optional agreement / sweep)."""
+    """Collect what the report needs from an analysis (and optional agreement / sweep).
+
+    The observations and the redundancy are computed on the weights (the paper's metric)
+    in the concat order the table used, whatever metric the table measures.
+    """
     structure = result.structure
+    order = result.table.attrs.get("concat_order", "oldest-first")
+    sd = result.state_dict
     return ModelReport(
         name=result.model_name,
         table=result.table,
@@ -94,6 +104,9 @@ def model_report(
         macs=estimate_macs(structure),
         input_size=default_input_size(structure),
         meta=result.checkpoint.meta if result.checkpoint else {},
+        verdicts=observations(sd, structure, order) if sd is not None else [],
+        transitions=transition_redundancy(sd, structure, order) if sd is not None else [],
+        warnings=checkpoint_warnings(sd, structure, result.table.attrs),
         agreement=agreement,
         sweep=sweep,
     )
@@ -216,8 +229,9 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
             f"    trained on: {_training(m.meta)[0]}",
             f"    recipe: {_training(m.meta)[1]}",
             f"    accuracy: {_accuracy(m.meta)}",
-            f"    concat order assumed: {m.table.attrs.get('concat_order')}",
+            f"    concat order: {_order(m.table)}",
             f"    metric: {_metric_line(m.table)}",
+            *[f"    WARNING: {w}" for w in m.warnings],
             "",
         ]
     lines += [
@@ -226,6 +240,14 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
     ]
     _lines(fig, lines)
     return fig
+
+
+def _order(df: pd.DataFrame) -> str:
+    """``oldest-first (detected from batch-norm statistics)``."""
+    basis = df.attrs.get("concat_order_basis")
+    return (
+        f"{df.attrs.get('concat_order')} ({basis})" if basis else str(df.attrs.get("concat_order"))
+    )
 
 
 def _metric_line(df: pd.DataFrame) -> str:
@@ -238,20 +260,47 @@ def _metric_line(df: pd.DataFrame) -> str:
     return f"{info.name}: {info.description}{on}"
 
 
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def _null_text(o_null: dict) -> str:
+    u, p = o_null["untrained"], o_null["permuted"]
+    return (
+        f"untrained {_fmt(u.mean)} ± {_fmt(u.sd)} (p = {_fmt(u.p_value)}), "
+        f"permuted {_fmt(p.mean)} ± {_fmt(p.sd)} (p = {_fmt(p.p_value)})"
+    )
+
+
 def observation_page(m: ModelReport, o: Observation) -> Figure:
+    """One observation: its verdict, the statistic with interval and nulls, per block."""
     fig = _text_page(f"Observation {o.number}: {o.verdict.upper()}")
     fig.texts[0].set_color(_VERDICT_COLOURS.get(o.verdict, "tab:orange"))
-    value = "n/a" if np.isnan(o.value) else f"{o.value:.3f}"
-    y = _lines(
-        fig,
-        [
-            f"Claim (paper §5): {o.claim}",
-            f"Statistic: {o.statistic}.",
-            f"Value for {m.name}: {value}    Threshold: {o.holds_at}    Verdict: {o.verdict}",
-            f"Detail: {o.detail}",
-        ],
-    )
-    ax = fig.add_axes((0.1, 0.08, 0.8, max(0.2, y - 0.16)))
+    lines = [
+        f"Claim (paper §5): {o.claim}",
+        f"Statistic: {o.measure}.",
+        f"Verdict rule: {o.threshold}. Nulls: {SEEDS} fresh initialisations of the same "
+        f"shapes, and {SEEDS} shuffles of each target's input channels; p one-sided, level "
+        f"{ALPHA}.",
+        f"Value for {m.name}: {_fmt(o.value)}  95 % interval [{_fmt(o.interval[0])}, "
+        f"{_fmt(o.interval[1])}]  Null: {_null_text(o.null)}  Verdict: {o.verdict}",
+    ]
+    for b in o.blocks:
+        mb = b.measured
+        extra = "".join(
+            f"; {name.replace('_', ' ')} {_fmt(x.value)} (untrained "
+            f"{_fmt(x.null['untrained'].mean)}, permuted {_fmt(x.null['permuted'].mean)})"
+            for name, x in b.extra.items()
+        )
+        parts = "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in b.parts.items())
+        lines.append(
+            f"Block {b.block}: {_fmt(mb.value)} [{_fmt(mb.interval[0])}, {_fmt(mb.interval[1])}]"
+            f", {_null_text(mb.null)}{extra}{parts} → {b.verdict}"
+        )
+    if not o.blocks:
+        lines.append("Nothing to measure in this model.")
+    y = _lines(fig, lines, size=9)
+    ax = fig.add_axes((0.1, 0.08, 0.8, max(0.15, y - 0.14)))
     sp = spread(m.table)
     if o.number == 1:
         plot_spread(sp[sp.target_kind == "layer"], ax)
@@ -271,39 +320,63 @@ def observation_page(m: ModelReport, o: Observation) -> Figure:
 
 
 def redundancy_page(m: ModelReport) -> Figure:
+    """Per transition: read-in rank and transition-conv rank against untrained, and θ'."""
     reds = m.redundancy()
     fig = _text_page("Transition redundancy")
     if not reds:
         _lines(fig, [f"{m.name} has no transition layer."])
         return fig
     lines = [
-        "How much of what each transition writes does the next block use? Usage of a channel "
-        "= mean |w| that the next block's layers give it. 'Weak' = used less than a tenth as "
-        "much as the median channel. Suggested θ = θ × (fewest channels carrying 90 % of the "
-        "total usage) ÷ channels.",
+        "Does the next block read fewer directions of a transition's output than an untrained "
+        "network would? Read-in = the next block's first-conv weights on the transition's "
+        "output channels, stacked; its rank fraction = fewest singular directions holding 90 % "
+        f"of the squared singular values ÷ channels, next to {SEEDS} fresh initialisations. "
+        "Suggested θ' = θ × fraction ÷ untrained fraction, only when the model is below the "
+        "untrained reference (p ≤ 0.05) by ≥ 0.05.",
         "",
     ]
     for r in reds:
-        verdict = ""
+        i, c = r.read_in, r.transition_conv
+        theta = (
+            f"suggested θ' ≈ {r.suggested_compression:.2f}"
+            if r.suggested_compression is not None
+            else "no suggested θ' (no lower rank than untrained)"
+        )
         if r.theta_half_supported is not None:
-            verdict = (
-                "; DenseNet-C's θ = 0.5 is "
-                + ("supported" if r.theta_half_supported else "not supported")
-                + " by this usage"
+            theta += "; DenseNet-C's θ = 0.5 is " + (
+                "supported" if r.theta_half_supported else "not supported by these weights"
             )
         lines.append(
-            f"After block {r.transition}: {r.channels} channels (θ = {r.compression:g}); row 0 "
-            f"gets {r.row0_vs_other:.2f}× the weight of other sources; "
-            f"{100 * r.weak_share:.1f} % weak channels; 90 % of usage in "
-            f"{r.channels_for_90} channels → suggested θ ≈ {r.suggested_theta:.2f}{verdict}"
+            f"After block {r.transition}: {r.channels} channels (θ = {r.compression:g}); read-in "
+            f"rank fraction {i.fraction:.3f} (untrained {i.untrained_mean:.3f} ± "
+            f"{i.untrained_sd:.3f}, p = {i.p_value:.3f}); transition conv {c.fraction:.3f} "
+            f"(untrained {c.untrained_mean:.3f}); row 0 gets {r.row0_vs_other:.2f}× the weight "
+            f"of the other sources; {theta}"
         )
     y = _lines(fig, lines, size=10)
     width = 0.84 / len(reds)
     for i, r in enumerate(reds):
         ax = fig.add_axes((0.08 + i * width, 0.08, width - 0.06, max(0.2, y - 0.18)))
-        usage = m.usage[m.usage.block == r.transition + 1]["usage"].to_numpy()
-        plot_channel_usage(usage, ax, title=f"transition after block {r.transition}")
+        _energy_plot(ax, r)
     return fig
+
+
+def _energy_plot(ax: Any, r: TransitionRedundancy) -> None:
+    """Cumulative energy of the read-in's singular values against the share of directions."""
+    for curve, label, style in (
+        (r.read_in.curve, "model", {"color": "tab:blue"}),
+        (r.read_in.untrained_curve, "untrained", {"color": "grey", "ls": "--"}),
+    ):
+        if curve:
+            x = np.arange(1, len(curve) + 1) / r.channels
+            ax.plot(x, curve, label=label, lw=1.2, **style)
+    ax.axhline(0.9, color="tab:red", lw=0.7, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("share of directions (of the transition's channels)")
+    ax.set_ylabel("cumulative energy of the read-in")
+    ax.set_title(f"transition after block {r.transition}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def classifier_page(m: ModelReport) -> Figure:
@@ -450,9 +523,11 @@ def comparison_page(models: Sequence[ModelReport]) -> Figure:
             )
         )
         for r in m.redundancy():
+            theta = "none" if r.suggested_compression is None else f"{r.suggested_compression:.2f}"
             lines.append(
-                f"    transition after block {r.transition}: weak {100 * r.weak_share:.1f} %, "
-                f"suggested θ {r.suggested_theta:.2f}"
+                f"    transition after block {r.transition}: read-in rank fraction "
+                f"{r.read_in.fraction:.2f} (untrained {r.read_in.untrained_mean:.2f}), "
+                f"suggested θ' {theta}"
             )
     _lines(fig, lines, size=10)
     return fig

@@ -8,6 +8,7 @@ imports torch, pandas or matplotlib; DataFrames are used through their own metho
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,59 @@ def models_text(entries: list[dict[str, Any]]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in [header, *rows]
     )
+
+
+def order_text(attrs: Mapping[str, Any]) -> str:
+    """``oldest-first, detected from batch-norm statistics`` for notes and titles."""
+    basis = attrs.get("concat_order_basis")
+    return f"{attrs['concat_order']}, {basis}" if basis else str(attrs["concat_order"])
+
+
+def order_payload(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The concat order, how it was chosen and the evidence, for JSON outputs."""
+    return {
+        "order": attrs["concat_order"],
+        "basis": attrs.get("concat_order_basis"),
+        "evidence": attrs.get("concat_order_evidence"),
+    }
+
+
+def redundancy_lines(model: str, summary: str, order: str, reds: Any, pca: Any) -> list[str]:
+    """The `redundancy` command's text: per transition the read-in's and the transition
+    conv's rank fraction against untrained networks, and θ' (or why there is none)."""
+    lines = [f"{model}: {summary} (concat order {order})"]
+    if not reds:
+        lines.append("  no transition layer")
+    for r in reds:
+        i, c = r.read_in, r.transition_conv
+        theta = (
+            f"suggested θ' {r.suggested_compression:.2f}"
+            if r.suggested_compression is not None
+            else "no suggested θ' (no lower rank than untrained)"
+        )
+        lines.append(
+            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}; "
+            f"read-in needs {i.fraction:.2f} of its directions for 90 % energy (untrained "
+            f"{i.untrained_mean:.2f} ± {i.untrained_sd:.3f}, p={i.p_value:.3f}); transition conv "
+            f"{c.fraction:.2f} (untrained {c.untrained_mean:.2f}); {theta}"
+        )
+        if r.transition in pca:
+            a = pca[r.transition]
+            lines.append(
+                f"    on {a.images} images: {a.fraction:.2f} of the channels' principal "
+                f"components hold 90 % of the variance (untrained {a.untrained_mean:.2f} ± "
+                f"{a.untrained_sd:.3f})"
+            )
+    return lines
+
+
+def redundancy_json(model: str, summary: str, order: Mapping[str, Any], reds: Any, pca: Any) -> str:
+    """`redundancy --json`: per transition the measures, θ' and the untrained reference."""
+    transitions = [
+        {**r.to_dict(), "activation_pca": pca[r.transition].to_dict()}
+        if r.transition in pca
+        else r.to_dict()
+        for r in reds
+    ]
+    payload = {"model": model, "structure": summary, "concat_order": dict(order)}
+    return json.dumps({**payload, "transitions": transitions}, indent=2)

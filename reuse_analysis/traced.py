@@ -700,6 +700,7 @@ def traced_table(model: nn.Module, structure: TracedStructure) -> pd.DataFrame:
         concat_order=f"{order} (traced)" if order != "n/a" else "traced",
         structure=structure.summary(),
         attrs={
+            "concat_order_basis": "read from the traced graph",
             "layout": {g.index: g.layout for g in structure.groups},
             "source_labels": {g.index: [s.label for s in g.sources] for g in structure.groups},
             "target_labels": {g.index: [t.label for t in g.targets] for g in structure.groups},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pypdf
 import pytest
@@ -13,9 +14,7 @@ from click.testing import CliRunner
 
 from reuse_analysis.cli import cli
 from reuse_analysis.models import create_model
-from reuse_analysis.observations import FAILS, HOLDS, INCONCLUSIVE
-
-VERDICTS = (HOLDS, FAILS, INCONCLUSIVE)
+from reuse_analysis.observations import HOLDS, VERDICTS
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +57,52 @@ def test_report_pages_verdicts_and_images(tmp_path, bc100):
     assert "DenseNet-BC, 3 blocks × 16 layers, k=12, θ=0.5" in text[0]
     assert "769,162" in text[0]  # parameters
     assert "287.9 M multiply-adds" in text[0]
-    assert "oldest-first" in text[0]
-    for number, page in zip((1, 2, 3, 4), text[2:6], strict=True):
-        assert f"Observation {number}:" in page
-        assert any(v in page for v in VERDICTS), page
-        assert "Threshold" in page and "Statistic" in page
-    assert "Transition redundancy" in text[6] and "suggested θ" in text[6]
+    assert "concat order: oldest-first (assumed (nothing in the file decides))" in text[0]
+    assert "WARNING: the weights look untrained" in text[0]
+    _check_observation_pages(text[2:6], bc100, blocks={1: 3, 2: 2, 3: 2, 4: 1})
+    assert "Transition redundancy" in text[6] and "no suggested θ'" in text[6]
+    assert "untrained" in text[6]
     assert "Classifier focus" in text[7]
     assert "Appendix" in text[8]
     assert len(_images(reader.pages[1])) == 3 + 1  # a panel per dense block + colour bar
     assert reader.metadata["/Author"].startswith("reuse-analysis")
+
+
+def _check_observation_pages(pages, model, blocks):
+    """Each observation on its own page, with the verdict, value, interval and nulls that
+    `observations --json` gives for the same file, and one line per block."""
+    payload = json.loads(_run("observations", model, "--json").stdout)
+    for o, raw in zip(payload["observations"], pages, strict=True):
+        page = " ".join(raw.split())  # undo the page's line wrapping
+        n = o["number"]
+        titles = [v for v in VERDICTS if f"Observation {n}: {v.upper()}" in page]
+        assert titles == [o["verdict"]], (n, titles)
+        verdicts = [v for v in VERDICTS if f"Verdict: {v} " in page + " "]
+        assert verdicts == [o["verdict"]], (n, verdicts)
+        assert f"{o['statistic']:.3f}" in page
+        lo, hi = o["interval"]
+        assert f"95 % interval [{lo:.3f}, {hi:.3f}]" in page
+        u, p = o["null"]["untrained"], o["null"]["permuted"]
+        assert f"untrained {u['mean']:.3f}" in page and f"permuted {p['mean']:.3f}" in page
+        assert len(re.findall(r"Block \d+:", page)) == blocks[n] == len(o["blocks"])
+
+
+def test_observation_pages_of_a_model_that_holds(tmp_path):
+    from test_observations import _paper_like, _shaped
+
+    sd, _ = _shaped(_paper_like)
+    path = tmp_path / "paper.pt"
+    torch.save(sd, path)
+    out = tmp_path / "paper.pdf"
+    assert _run("report", path, "-o", out).exit_code == 0
+    text = _text(pypdf.PdfReader(out))
+    for n, page in zip((1, 2, 3, 4), text[2:6], strict=True):
+        assert f"Observation {n}: {HOLDS.upper()}" in page
+    _check_observation_pages(text[2:6], path, blocks={1: 3, 2: 2, 3: 2, 4: 1})
+    cover = " ".join(text[0].split())
+    # hand-set weights, but batch norms never saw data: the cover says so, and only that
+    assert "running statistics are at their initial values" in cover
+    assert "initialisation scale" not in cover
 
 
 def test_report_is_byte_reproducible(tmp_path, bc100):
