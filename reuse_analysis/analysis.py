@@ -124,7 +124,8 @@ class Analysis:
         """The table as JSON (``table --format json``): what was assumed, then the rows.
 
         The same keys for every analysis: ``model, structure, concat_order,
-        concat_order_basis`` (detected, assumed, requested or traced), ``metric, layout`` (per block, ``dense`` or ``matrix``), ``data`` for a data-driven metric,
+        concat_order_basis`` (detected, assumed, requested or traced), ``metric``,
+        ``layout`` (per block, ``dense`` or ``matrix``), ``data`` for a data-driven metric,
         ``columns`` and ``rows``.
         """
         df = self.table
