@@ -29,6 +29,8 @@ CONCAT_HELP = (
     "A weight file cannot tell which; every output states the order used."
 )
 DEFAULT_REPORTS = Path("reports")
+#: What ``table -o`` writes: CSV or JSON (no extension: the --format's text).
+TABLE_SUFFIXES = (".csv", ".json", "")
 
 
 class InputError(click.ClickException):
@@ -51,11 +53,17 @@ def handles_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReuseAnalysisError as exc:
-            fail(str(exc))
+            fail(_one_line(str(exc)))
         except OSError as exc:
-            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            fail(_one_line(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
 
     return wrapper
+
+
+def _one_line(message: str) -> str:
+    """The message with newlines and other unprintable characters escaped (a file name
+    may hold them), so that it stays one ``Error:`` line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 model_argument = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
@@ -365,6 +373,8 @@ def table(
     mean_abs_contribution, loss_increase, taylor_loss_increase); ablation adds
     accuracy_drop after normalized.
     """
+    if output is not None and output.suffix.lower() not in TABLE_SUFFIXES:
+        fail(f"{output}: unknown table extension {output.suffix!r}; use .csv or .json")
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "csv"
     result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
