@@ -10,6 +10,7 @@ import contextlib
 import errno
 import glob
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from reuse_analysis.errors import OutputError
 
 #: Marks this toolkit's temporary files: ``.NAME.tmp-PID-RANDOM.SUFFIX`` beside ``NAME``.
 _TMP_TAG = ".tmp-"
+#: How torch.save's zip writer words a failed write.
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")
 #: A temporary file this old is stale even if a process with its writer's id still runs.
 _STALE_SECONDS = 24 * 3600
 
@@ -57,8 +60,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise _output_error(target, exc) from None
     except RuntimeError as exc:
         tmp_path.unlink(missing_ok=True)
-        # torch.save reports a failed write (a full disk) as a RuntimeError.
-        if "write" in str(exc).lower():
+        # torch.save reports a failed write (a full disk) as a RuntimeError of its zip writer.
+        if any(m in str(exc) for m in _TORCH_WRITE_FAILURES):
+            if shutil.disk_usage(target.parent).free < 2**20:
+                exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             raise _output_error(target, exc) from None
         raise
     except BaseException:

@@ -54,6 +54,13 @@ _CODE_MODULES = frozenset(
     inspect platform asyncio ssl urllib http requests pathlib""".split()  # noqa: SIM905
 )
 
+# Modules whose lowercase callables build data (``datetime.datetime``, ``re._compile``,
+# ``numpy.random._pickle.__randomstate_ctor``): called in a pickle, they are not code.
+_DATA_MODULES = frozenset(
+    """numpy datetime collections decimal fractions uuid enum re array typing copyreg _codecs
+    omegaconf""".split()  # noqa: SIM905
+)
+
 
 class Placeholder:
     """An object of a class that is not allowed: what the pickle said about it, never run.
@@ -207,13 +214,21 @@ def _container(kind: type) -> Callable[..., Any]:
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """copyreg._reconstructor without calling anything that is not a placeholder."""
+    """copyreg._reconstructor (protocols 0 and 1) for placeholders and plain allowed
+    classes, without calling any constructor."""
     if isinstance(cls, type) and issubclass(cls, Placeholder):
         obj = cls.__new__(cls)
         if state is not None:
             obj.__dict__["args"] = (state,)
         return obj
+    if isinstance(cls, type) and base is object and cls in (argparse.Namespace,):
+        return object.__new__(cls)
     raise CheckpointError(f"the pickle reconstructs {cls!r} through copyreg")
+
+
+def _defaultdict(*args: Any) -> dict[Any, Any]:
+    """A ``collections.defaultdict`` as the plain dict it holds (its factory is not kept)."""
+    return {}
 
 
 def _overrides() -> dict[str, Any]:
@@ -248,6 +263,8 @@ def _overrides() -> dict[str, Any]:
         "builtins.dict": _container(dict),
         "collections.OrderedDict": _container(OrderedDict),
         "collections.Counter": _container(Counter),
+        "collections.defaultdict": _defaultdict,
+        "collections.deque": _container(list),
     }
 
 
@@ -349,7 +366,9 @@ class _Reader:
     def code_globals(self) -> list[str]:
         """Globals the pickle would run: called functions and anything from _CODE_MODULES."""
         called = {
-            n for n, cls in self.placeholders.items() if cls.called and not _looks_like_class(n)
+            n
+            for n, cls in self.placeholders.items()
+            if cls.called and not _looks_like_class(n) and n.split(".")[0] not in _DATA_MODULES
         }
         return sorted(self.code | called)
 

@@ -267,10 +267,11 @@ def _read(path: Path, trust_pickle: bool) -> tuple[Any, str | None, dict[str, An
     """What the file holds: the unpickled object (or a state_dict), a container label for
     formats that are not pickles, and metadata those formats carry."""
     head = _head(path)
-    if _is_safetensors(path, head):
+    zipped, legacy = head[:4] == b"PK\x03\x04", _unpickler.is_legacy(head)
+    if not (zipped or legacy) and _is_safetensors(path, head):
         tensors, meta = _load_safetensors(path)
         return tensors, "safetensors file", meta
-    if zipfile.is_zipfile(path):
+    if zipped and zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 if _is_torchscript(zf.namelist()):
@@ -281,12 +282,12 @@ def _read(path: Path, trust_pickle: bool) -> tuple[Any, str | None, dict[str, An
                 "re-save or re-download it"
             ) from None
         found = _read_pickled(path, _unpickler.read_zip)
-    elif head[:4] == b"PK\x03\x04":
+    elif zipped:
         raise CheckpointError(
             f"{_shown(path)} is truncated or corrupted (a zip archive without its central "
             "directory); re-save or re-download it"
         )
-    elif _unpickler.is_legacy(head):
+    elif legacy:
         found = _read_pickled(path, _unpickler.read_legacy)
     elif tarfile.is_tarfile(path):
         raise CheckpointError(

@@ -7,6 +7,8 @@ contract a user relies on (and, for files carrying code, that the code did not r
 
 from __future__ import annotations
 
+import collections
+import datetime
 import errno
 import io
 import os
@@ -150,6 +152,22 @@ def test_refused_tensor_outside_the_weights_does_not_block(tmp_path, sd):
     sparse = torch.eye(3).to_sparse()
     path = save({"state_dict": sd, "optimizer": {"state": {0: {"buf": sparse}}}}, tmp_path / "m")
     assert_table(table_of(path), sd)
+
+
+def test_common_python_objects_beside_weights_are_data_not_code(tmp_path, sd):
+    """Timestamps, defaultdicts and deques that training scripts store: read, not refused."""
+    payload = {
+        "state_dict": sd,
+        "saved": datetime.datetime(2024, 5, 1, 12, 30),
+        "history": collections.defaultdict(list, {"loss": [1.0, 0.5]}),
+        "recent": collections.deque([1, 2, 3]),
+        "epoch": 7,
+    }
+    path = save(payload, tmp_path / "m.pt")
+    assert_table(table_of(path), sd)
+    misnamed = tmp_path / "m.safetensors"  # a torch.save file, whatever its extension says
+    misnamed.write_bytes(path.read_bytes())
+    assert_table(table_of(misnamed), sd)
 
 
 def test_safetensors_file(tmp_path, sd):
