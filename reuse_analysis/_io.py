@@ -75,6 +75,9 @@ def _output_error(target: Path, exc: BaseException) -> OutputError:
     reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
     if getattr(exc, "errno", None) == errno.ENOSPC or "space" in reason.lower():
         advice = "free some space or write elsewhere with -o"
+    elif isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = "part of its folder path is a file"
+        advice = "choose another path with -o"
     else:
         advice = "choose a folder you can write to with -o"
     shown = str(target) if str(target).isprintable() else repr(str(target))

@@ -112,6 +112,10 @@ class Placeholder:
         return dict(state) if isinstance(state, Mapping) else {}
 
 
+class NotTorchSave(CheckpointError):
+    """The file is not a ``torch.save`` file at all (rather than a damaged one)."""
+
+
 @dataclass(frozen=True)
 class RefusedTensor:
     """A tensor this toolkit does not analyse; ``reason`` says what it is and what to do."""
@@ -493,9 +497,7 @@ def read_zip(path: pathlib.Path) -> Unpickled:
         infos = {i.filename: i for i in zf.infolist()}
         pickles = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise CheckpointError(
-                "it is a zip archive without a single data.pkl, not a torch.save file"
-            )
+            raise NotTorchSave("is a zip archive without a single data.pkl, not a torch.save file")
         prefix = pickles[0][: -len("data.pkl")]
         order = infos.get(prefix + "byteorder")
         big = order is not None and _read_record(zf, order).strip() == b"big"
@@ -548,8 +550,8 @@ def read_legacy(path: pathlib.Path) -> Unpickled:
         claimed = sum(len(b) for b in pending.values()) + nbytes
         if claimed > len(data):
             raise CheckpointError(
-                f"its storages claim {claimed:,} bytes but the file holds {len(data):,}; "
-                "it is truncated or damaged"
+                f"its storages claim {claimed:,} bytes but the file holds {len(data):,}: "
+                "it is truncated"
             )
         pending[key], dtypes[key] = bytearray(nbytes), dtype
         return _Storage(_untyped(pending[key]), dtype)
@@ -560,7 +562,7 @@ def read_legacy(path: pathlib.Path) -> Unpickled:
         return _Unpickler(stream, reader).load()
 
     if next_pickle() != _LEGACY_MAGIC:
-        raise CheckpointError("it does not start with torch's magic number")
+        raise NotTorchSave("does not start with torch's magic number, not a torch.save file")
     next_pickle()  # protocol version
     sys_info = next_pickle()
     big = isinstance(sys_info, Mapping) and sys_info.get("little_endian") is False

@@ -178,9 +178,11 @@ def _read_pickled(path: Path, reader: Any) -> _unpickler.Unpickled:
     """Run one of the restricted readers, turning every failure into a CheckpointError."""
     try:
         return reader(path)
+    except _unpickler.NotTorchSave as exc:
+        raise CheckpointError(f"{_shown(path)} {exc}; {_HINT}") from None
     except CheckpointError as exc:
         raise CheckpointError(
-            f"{_shown(path)} is damaged or not a torch.save file: {exc}; re-save or re-download it"
+            f"{_shown(path)} is damaged ({exc}); re-save or re-download it"
         ) from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
@@ -481,7 +483,7 @@ def _checked_tensors(state_dict: dict[str, Any], path: Path) -> dict[str, torch.
             if logical > budget:
                 problem = (
                     f"{key} is an expanded view: shape {tuple(value.shape)} ({value.numel():,} "
-                    f"values) over {_span(value):,} stored ones; save it with .clone()"
+                    f"values) that repeat {_span(value):,} stored ones; save it with .clone()"
                 )
             else:
                 value = value.clone()
