@@ -272,12 +272,34 @@ def _overrides() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Inert:
+    """An allowed class the pickle may name but not call (``torch.Tensor(10**12)`` and
+    ``numpy.ndarray((10**12,))`` would allocate whatever the pickle asks)."""
+
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise CheckpointError(f"the pickle calls {self.name} directly")
+
+
+_NDARRAY = _Inert("numpy.ndarray")
+
+
+def _reconstruct_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's array unpickling, which always starts from an empty array of shape (0,)."""
+    core = np._core if hasattr(np, "_core") else np.core
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise CheckpointError("the pickle builds a numpy array in an unusual way")
+    return core.multiarray._reconstruct(np.ndarray, (0,), dtype)
+
+
 def _numpy_globals() -> dict[str, Any]:
     core = np._core if hasattr(np, "_core") else np.core
-    found: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    found: dict[str, Any] = {"numpy.ndarray": _NDARRAY, "numpy.dtype": np.dtype}
     for prefix in ("numpy.core.multiarray.", "numpy._core.multiarray."):
         found[prefix + "scalar"] = core.multiarray.scalar
-        found[prefix + "_reconstruct"] = core.multiarray._reconstruct
+        found[prefix + "_reconstruct"] = _reconstruct_array
     for name in dir(np.dtypes):
         if name.endswith("DType"):
             found[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
@@ -293,10 +315,16 @@ def allowed_globals() -> dict[str, Any]:
     for entry in torch.serialization.get_safe_globals():
         obj, name = entry if isinstance(entry, tuple) else (entry, None)
         allowed[name or f"{obj.__module__}.{obj.__qualname__}"] = obj
+    for name, obj in list(allowed.items()):
+        # Tensor and storage classes are only ever arguments (a type to rebuild, a storage
+        # type in a persistent id); called, they would allocate what the pickle says.
+        if isinstance(obj, type) and name.endswith(("Tensor", "Storage", "Parameter")):
+            allowed[name] = _Inert(name)
     allowed.update(_numpy_globals())
     for obj in (argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath):
         allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
-    allowed.update({f"builtins.{t.__name__}": t for t in (int, float, str, bytes, bool, complex)})
+    allowed.update({f"builtins.{t.__name__}": t for t in (int, float, bool, complex)})
+    allowed.update({"builtins.str": _container(str), "builtins.bytes": _container(bytes)})
     allowed["builtins.object"] = object
     allowed.update(_overrides())
     return allowed
@@ -385,7 +413,9 @@ def _ascii(value: Any) -> Any:
 
 
 def _storage_dtype(storage_type: Any) -> torch.dtype:
-    if storage_type is torch.UntypedStorage:
+    if storage_type is torch.UntypedStorage or (
+        isinstance(storage_type, _Inert) and storage_type.name.endswith("UntypedStorage")
+    ):
         return torch.uint8
     if isinstance(storage_type, torch.serialization.StorageType):
         return storage_type.dtype

@@ -18,6 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -337,6 +338,29 @@ def test_trust_pickle_says_it_runs_code_before_it_does(tmp_path, sd):
     first = result.stderr.splitlines()[0]
     assert first.startswith("Warning: --trust-pickle: running the code in")
     assert "system" in first
+
+
+class _Allocate:
+    """Unpickles as ``callable(*args)``: allowed constructors asked for a terabyte."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+@pytest.mark.parametrize(
+    ("bomb", "fragment"),
+    [
+        (_Allocate(bytearray, 10**12), "bytearray from a non-container"),
+        (_Allocate(bytes, 10**12), "bytes from a non-container"),
+        (_Allocate(torch.Tensor, 10**6, 10**6), "calls torch.Tensor directly"),
+        (_Allocate(np.ndarray, (10**12,)), "calls numpy.ndarray directly"),
+    ],
+)
+def test_allowed_constructors_do_not_allocate_what_the_pickle_asks(tmp_path, sd, bomb, fragment):
+    refused(save({"state_dict": sd, "extra": bomb}, tmp_path / "alloc.pt"), fragment)
 
 
 # ------------------------------------------------------------------ damaged files
