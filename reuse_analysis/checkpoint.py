@@ -442,6 +442,20 @@ def _span(tensor: torch.Tensor) -> int:
 
 
 _INTEGER_WEIGHTS = (torch.int8, torch.uint8)
+# A layer's own tensors, which must be real floats with values (other buffers may not be).
+_LAYER_TENSORS = (".weight", ".bias", ".running_mean", ".running_var")
+# Float types that numpy and most torch CPU kernels do not compute in: analysed as float32.
+_WIDENED = tuple(
+    getattr(torch, n)
+    for n in (
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
+    if hasattr(torch, n)
+)
 
 
 def _tensor_problem(key: str, value: Any) -> str | None:
@@ -458,12 +472,14 @@ def _tensor_problem(key: str, value: Any) -> str | None:
         return f"{key} is a nested tensor; save a regular one"
     if value.is_complex():
         return f"{key} is complex ({value.dtype}); DenseNet weights are real numbers"
-    if value.dtype in _INTEGER_WEIGHTS or (not value.is_floating_point() and value.dim() >= 2):
+    layer_tensor = value.dim() >= 2 or key.endswith(_LAYER_TENSORS)
+    if not value.is_floating_point() and layer_tensor:
+        kind = "quantized weights" if value.dtype in _INTEGER_WEIGHTS else "not floating point"
         return (
-            f"{key} is stored as {value.dtype} (quantized weights); this tool reads float "
-            "weights: load the float model or dequantize them first"
+            f"{key} is stored as {value.dtype} ({kind}); this tool reads float weights: "
+            "load the float model or dequantize them first"
         )
-    if value.is_floating_point() and value.numel() == 0:
+    if value.is_floating_point() and value.numel() == 0 and layer_tensor:
         return f"{key} holds no values (shape {tuple(value.shape)}); the file is damaged"
     return None
 
@@ -489,7 +505,7 @@ def _checked_tensors(state_dict: dict[str, Any], path: Path) -> dict[str, torch.
                 value = value.clone()
         if problem is not None:
             raise CheckpointError(f"{_shown(path)}: {problem}")
-        out[key] = value
+        out[key] = value.float() if value.dtype in _WIDENED else value
     return out
 
 

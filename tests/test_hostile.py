@@ -173,6 +173,17 @@ def test_common_python_objects_beside_weights_are_data_not_code(tmp_path, sd):
     assert_table(table_of(misnamed), sd)
 
 
+def test_float8_weights_are_analysed_as_float32(tmp_path, sd):
+    low = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v for k, v in sd.items()}
+    widened = {k: v.float() for k, v in low.items()}
+    assert_table(table_of(save(low, tmp_path / "fp8.pt")), widened)
+
+
+def test_integer_and_empty_buffers_that_are_not_layer_tensors_load(tmp_path, sd):
+    extra = {"mask": torch.ones(5, dtype=torch.uint8), "placeholder": torch.empty(0)}
+    assert_table(table_of(save(dict(sd, **extra), tmp_path / "m.pt")), sd)
+
+
 def test_safetensors_file(tmp_path, sd):
     from safetensors.torch import save_file
 
