@@ -323,6 +323,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return None
     if isinstance(value, argparse.Namespace):
         value = vars(value)
+    if isinstance(value, _unpickler.Placeholder) and not _unpickler.is_module(value):
+        # A dict subclass or a config object whose class is not run: its data.
+        value = value.items or value.attributes or None
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, torch.Tensor):

@@ -272,6 +272,17 @@ torch.save(model.module.state_dict(), sys.argv[1] + "/reference.pt")
 torch.save(model, sys.argv[1] + "/whole.pt")
 torch.save(model, sys.argv[1] + "/whole_legacy.pt", _use_new_zipfile_serialization=False)
 torch.save({"model": model, "epoch": 3}, sys.argv[1] + "/wrapped.pt")
+
+class AttributeDict(dict):  # as Lightning stores hyper_parameters
+    pass
+
+class Config:
+    def __init__(self):
+        self.growth_rate, self.depth = 4, 10
+
+hparams = AttributeDict(lr=0.1, depth=10)
+ckpt = {"state_dict": model.module.state_dict(), "hyper_parameters": hparams, "args": Config()}
+torch.save(ckpt, sys.argv[1] + "/lightning.ckpt")
 """
 
 
@@ -294,6 +305,18 @@ def test_pickled_module_with_main_classes_loads_without_flag(notebook, name):
     assert container.startswith("pickled torch.nn.parallel.data_parallel.DataParallel module")
     assert container.endswith(("read without running its code", "under 'model'"))
     assert "Warning" not in result.stderr
+
+
+def test_unknown_records_beside_the_weights_are_read_as_data(notebook):
+    from reuse_analysis.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(notebook / "lightning.ckpt")
+    assert loaded.meta["hyper_parameters"] == {"lr": 0.1, "depth": 10}
+    assert loaded.meta["args"] == {"growth_rate": 4, "depth": 10}
+    assert_table(
+        table_of(notebook / "lightning.ckpt"),
+        torch.load(notebook / "reference.pt", weights_only=True),
+    )
 
 
 def test_pickled_module_state_dict_matches_the_real_one(notebook):
