@@ -317,9 +317,13 @@ def _is_tensor_mapping(obj: Any) -> bool:
 _META_DEPTH = 20
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    """``value`` as JSON-friendly data, or None when it is not plain data."""
-    if depth > _META_DEPTH:
+def _plain(value: Any, path: tuple[int, ...] = ()) -> Any:
+    """``value`` as JSON-friendly data, or None when it is not plain data.
+
+    ``path`` holds the ids of the containers above ``value``: a container that holds
+    itself, or nesting deeper than _META_DEPTH, is not plain data.
+    """
+    if len(path) > _META_DEPTH or id(value) in path:
         return None
     if isinstance(value, argparse.Namespace):
         value = vars(value)
@@ -333,11 +337,12 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return value.item() if plain_kind and not value.is_quantized else None
     if isinstance(value, (str, int, float, bool)):
         return value
+    inner = (*path, id(value))
     if isinstance(value, (list, tuple)):
-        items = [_plain(v, depth + 1) for v in value]
+        items = [_plain(v, inner) for v in value]
         return items if all(i is not None for i in items) else None
     if isinstance(value, Mapping):
-        return {str(k): p for k, v in value.items() if (p := _plain(v, depth + 1)) is not None}
+        return {str(k): p for k, v in value.items() if (p := _plain(v, inner)) is not None}
     return None
 
 

@@ -466,6 +466,14 @@ def test_shared_metadata_that_expands_exponentially(tmp_path, sd):
     refused(save({"state_dict": sd, "meta": bomb}, tmp_path / "bomb.pt"), "items")
 
 
+def test_metadata_that_contains_itself(tmp_path, sd):
+    """A record that holds itself ten times: read once, not followed round the cycle."""
+    loop = []
+    loop.extend([loop] * 10)
+    path = save({"state_dict": sd, "meta": {"loop": loop}, "epoch": 2}, tmp_path / "loop.pt")
+    assert_table(table_of(path), sd)
+
+
 # ----------------------------------------------------------------- tensor kinds
 
 FC = "fc.weight"
