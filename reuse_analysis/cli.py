@@ -53,6 +53,9 @@ from reuse_analysis.options import check_figure_path as _check_figure_path
 from reuse_analysis.options import default_output as _default_output
 from reuse_analysis.text import measured as _measured
 
+#: What ``table -o`` writes: CSV or JSON (no extension: the --format's text).
+TABLE_SUFFIXES = (".csv", ".json", "")
+
 
 def _settings(probe: dict[str, Any]) -> Any:
     from reuse_analysis.probes import ProbeSettings
@@ -64,18 +67,18 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _order_warnings(result: Any) -> None:
-    """One stderr line for a concat order the weights contradict, one for untrained weights."""
-    from reuse_analysis.nulls import checkpoint_warnings
-
-    for line in checkpoint_warnings(result.state_dict, result.structure, result.table.attrs):
-        _note(f"warning: {line}")
-
-
 def _notes(result: Any) -> None:
-    """What inference could not make sense of, so that nothing is left out silently."""
+    """After the output is written: what inference could not make sense of, a concat order
+    the weights contradict, and weights that look untrained (nothing is left out silently;
+    printed last, so that a command that fails prints its one ``Error:`` line only)."""
     for note in result.structure.notes:
         _note(f"note: {note}")
+    if result.state_dict is not None and hasattr(result.structure, "blocks"):
+        from reuse_analysis.nulls import checkpoint_warnings
+
+        attrs = result.table.attrs
+        for line in checkpoint_warnings(result.state_dict, result.structure, attrs):
+            _note(f"warning: {line}")
 
 
 def _analyze(
@@ -101,7 +104,6 @@ def _analyze(
             metric=metric,
             probe=settings,
         )
-        _order_warnings(result)
         return result
     if metric != "weight":
         fail(
@@ -238,6 +240,8 @@ def table(
     mean_abs_contribution, loss_increase, taylor_loss_increase); ablation adds
     accuracy_drop after normalized.
     """
+    if output is not None and output.suffix.lower() not in TABLE_SUFFIXES:
+        fail(f"{output}: unknown table extension {output.suffix!r}; use .csv or .json")
     if as_json and fmt == "csv":
         fail("--json and --format csv contradict each other; give one of them")
     if as_json or (fmt is None and output is not None and output.suffix.lower() == ".json"):
@@ -390,10 +394,11 @@ def redundancy(
         order = text.order_payload(attrs)
         summary = result.structure.summary()
         click.echo(text.redundancy_json(result.model_name, summary, order, reds, pca))
-        return
+        return _notes(result)
     summary = result.structure.summary()
     for line in text.redundancy_lines(str(model), summary, text.order_text(attrs), reds, pca):
         click.echo(line)
+    _notes(result)
 
 
 @cli.command("observations")
@@ -417,11 +422,12 @@ def observations_command(model: Path, as_json: bool, concat_order: str, trust_pi
             **observations_payload(obs, text.order_payload(attrs)),
         }
         click.echo(json.dumps(payload, indent=2))
-        return
+        return _notes(result)
     click.echo(f"{model}: {result.structure.summary()} (concat order {text.order_text(attrs)})")
     for o in obs:
         click.echo(f"Observation {o.number}: {o.verdict} — {o.claim}")
         click.echo(f"  {o.detail}")
+    _notes(result)
 
 
 @cli.command()

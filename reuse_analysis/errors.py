@@ -11,3 +11,7 @@ class CheckpointError(ReuseAnalysisError):
 
 class StructureError(ReuseAnalysisError):
     """The weights do not describe a DenseNet this toolkit understands."""
+
+
+class OutputError(ReuseAnalysisError):
+    """An output file cannot be written (a full disk, a folder without write permission)."""

@@ -54,11 +54,17 @@ def handles_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReuseAnalysisError as exc:
-            fail(str(exc))
+            fail(_one_line(str(exc)))
         except OSError as exc:
-            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            fail(_one_line(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
 
     return wrapper
+
+
+def _one_line(message: str) -> str:
+    """The message with newlines and other unprintable characters escaped (a file name
+    may hold them), so that it stays one ``Error:`` line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 @contextlib.contextmanager
@@ -281,8 +287,9 @@ concat_option = click.option(
 trust_option = click.option(
     "--trust-pickle",
     is_flag=True,
-    help="Allow loading files that contain pickled Python objects (a whole nn.Module, "
-    "custom classes). This runs code from the file: only for files you trust.",
+    help="Run the code of a file whose pickle would call Python code (refused otherwise; "
+    "said on stderr before it runs). Whole pickled nn.Modules load without it, their "
+    "tensors read without running their classes. Only for files you trust.",
 )
 arch_option = click.option(
     "--arch",

@@ -136,15 +136,17 @@ def test_torchscript_archive(tmp_path, small):
     _same(loaded.state_dict, sd)
 
 
-def test_pickled_module_needs_explicit_trust(tmp_path, small):
+def test_pickled_module_loads_without_running_its_code(tmp_path, small):
+    """A whole pickled module: its tensors and module tree read, its classes never imported."""
     model, sd = small
     path = _save(model, tmp_path / "whole.pt")
-    with pytest.raises(CheckpointError, match="--trust-pickle") as err:
-        load_checkpoint(path)
-    assert "layouts.AttrBlocksNet" in str(err.value)
-    loaded = load_checkpoint(path, trust_pickle=True)
+    loaded = load_checkpoint(path)
     _same(loaded.state_dict, sd)
-    assert "pickled" in loaded.container
+    assert loaded.container == "pickled layouts.AttrBlocksNet module, read without running its code"
+    legacy = load_checkpoint(
+        _save(model, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    )
+    _same(legacy.state_dict, sd)
 
 
 def test_own_format_round_trip(tmp_path, small):

@@ -402,7 +402,6 @@ def bad_inputs(tmp_path_factory):
         "vgg",
         "corrupted shape",
         "nan",
-        "pickled module",
     ],
 )
 @pytest.mark.parametrize("command", ["heatmap", "table", "info"])
@@ -419,10 +418,12 @@ def test_bad_input_one_error_line_exit_2_no_output(tmp_path, bad_inputs, case, c
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
-def test_pickled_module_loads_with_trust_flag(bad_inputs):
-    result = run("info", bad_inputs["pickled module"], "--trust-pickle")
-    assert result.exit_code == 0, result.output
-    assert "4 blocks (6-12-24-16 layers)" in result.stdout
+def test_pickled_module_loads_without_and_with_trust_flag(bad_inputs):
+    """A whole pickled module is read without its code (issue 13), flag or not."""
+    for flags in ((), ("--trust-pickle",)):
+        result = run("info", bad_inputs["pickled module"], *flags)
+        assert result.exit_code == 0, result.output
+        assert "4 blocks (6-12-24-16 layers)" in result.stdout
 
 
 def test_bad_output_extension(tmp_path, kuangliu_path):
