@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -19,10 +20,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import Bbox
 
 from reuse_analysis.tables import KEYS, table_metric, value_column
 
 NORMALIZE_MODES = ("column", "none", "global")
+STYLES = ("default", "paper")
 _REQUIRED = [*KEYS, "normalized"]
 _SCALING = {
     "column": " (each target column min–max scaled)",
@@ -105,6 +108,28 @@ def _ticks(n: int, first: int, cell: float = 0.3) -> list[int]:
     return [*keep, n - 1]
 
 
+def _paper_ticks(n: int, first: int, cell: float, fontsize: float) -> list[int]:
+    """Figure 5's ticks among positions 0..n-1 (labels first..first+n-1): every second
+    label, even targets (2, 4, …) and odd sources (1, 3, …); every 4th, 10th, 20th… where
+    cells are too small for that, so that labels never touch."""
+    room = (len(str(first + n - 1)) * 0.62 + 0.4) * fontsize / 72  # inches a label needs
+    step = next(s for s in (2, 4, 10, 20, 50, 100, 200) if s * cell >= room or s >= n)
+    offset = 1 if (first == 0 and step == 2) else 0  # odd sources, as in the paper
+    return [i for i in range(n) if i + first > 0 and (i + first - offset) % step == 0]
+
+
+def _colormap(cmap: str | None, style: str) -> mpl.colors.Colormap:
+    """The named map (default: viridis; jet for the paper), with white for empty cells.
+
+    The paper's jet is MATLAB's ``jet(64)``: 64 bands, as its colour bar shows.
+    """
+    name = cmap or ("jet" if style == "paper" else "viridis")
+    colormap = mpl.colormaps[name]
+    if style == "paper" and name == "jet":
+        colormap = colormap.resampled(64)
+    return colormap.with_extremes(bad="white")
+
+
 def plot_block(
     ax: Axes,
     grid: np.ma.MaskedArray,
@@ -112,21 +137,27 @@ def plot_block(
     block: int,
     vmin: float,
     vmax: float,
-    cmap: str = "viridis",
+    cmap: str | mpl.colors.Colormap = "viridis",
     extra_label: str | None = None,
     annotate: bool = False,
     cell: float = 0.3,
     title: str | None = None,
     source_labels: Sequence[str] | None = None,
     target_labels: Sequence[str] | None = None,
+    style: str = "default",
 ) -> Axes:
     """Draw one block's matrix into ``ax``: row 0 on top, extra column outlined in black.
 
-    With ``source_labels``/``target_labels`` every row/column is labelled by name (the
-    branches of a concatenation) instead of by number.
+    ``extra_label`` names the last (transition / classifier) column: its tick label in the
+    default style; in the paper's style the text written beside it with an arrow ("Transition
+    layer 1 →"), the column itself left without a tick. With ``source_labels`` /
+    ``target_labels`` every row/column is labelled by name (the branches of a concatenation)
+    instead of by number.
     """
-    colormap = mpl.colormaps[cmap].with_extremes(bad="white")
+    colormap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
+    colormap = colormap.with_extremes(bad="white")
     n_src, n_tgt = grid.shape
+    paper = style == "paper" and not (source_labels or target_labels)
     ax.imshow(
         grid,
         cmap=colormap,
@@ -136,23 +167,47 @@ def plot_block(
         interpolation="nearest",
         aspect="equal",
     )
-    xt = list(range(n_tgt)) if target_labels else _ticks(n_tgt, first=1, cell=cell)
-    ax.set_xticks(xt)
-    labels = list(target_labels) if target_labels else [str(t + 1) for t in xt]
+    labelsize = 7 if max(n_src, n_tgt) > 20 else 8
     if extra_label:
-        labels[-1] = extra_label
         ax.add_patch(
-            Rectangle((n_tgt - 1.5, -0.5), 1, n_src, fill=False, edgecolor="black", linewidth=1.5)
-        )
-    ax.set_xticklabels(labels)
+            Rectangle(
+                (n_tgt - 1.5, -0.5), 1, n_src, fill=False, edgecolor="black",
+                linewidth=2.0 if paper else 1.5, clip_on=False,
+            )
+        )  # fmt: skip
+    if target_labels:
+        ax.set_xticks(range(n_tgt), list(target_labels))
+    elif paper:
+        layers = n_tgt - 1 if extra_label else n_tgt
+        xt = _paper_ticks(layers, 1, cell, labelsize)
+        ax.set_xticks(xt, [str(t + 1) for t in xt])
+    else:
+        xt = _ticks(n_tgt, first=1, cell=cell)
+        labels = [str(t + 1) for t in xt]
+        if extra_label:
+            labels[-1] = extra_label
+        ax.set_xticks(xt, labels)
     if source_labels:
-        ax.set_yticks(range(n_src))
-        ax.set_yticklabels(source_labels)
+        ax.set_yticks(range(n_src), list(source_labels))
+    elif paper:
+        ax.set_yticks(_paper_ticks(n_src, 0, cell, labelsize))
     else:
         ax.set_yticks(_ticks(n_src, first=0, cell=cell))
     ax.set_anchor("N")
-    ax.set_title(title or f"Dense Block {block}", fontsize=None if title is None else 9)
-    ax.tick_params(labelsize=7 if max(n_src, n_tgt) > 20 else 8, length=2)
+    heading, size = _fitting(
+        title or f"Dense Block {block}",
+        n_tgt * cell + 0.6 * _GAP,
+        9.0 if title is not None or paper else 12.0,
+    )
+    ax.set_title(heading, fontsize=size)
+    ax.tick_params(labelsize=labelsize, length=2)
+    if paper:
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(direction="in", length=3)
+        if extra_label and not _name_extra_column(ax, extra_label, n_src, n_tgt, cell):
+            near = (len(str(n_tgt)) * _EM + 0.5) * labelsize / 72 / cell  # cells a label needs
+            xt = [t for t in xt if n_tgt - 1 - t >= near]
+            ax.set_xticks([*xt, n_tgt - 1], [*(str(t + 1) for t in xt), extra_label[0]])
     if annotate:
         span = vmax - vmin if vmax > vmin else 1.0
         for (s, t), v in np.ndenumerate(grid.filled(np.nan)):
@@ -163,6 +218,50 @@ def plot_block(
                     color="white" if dark else "black",
                 )  # fmt: skip
     return ax
+
+
+_EM = 0.62  # width of an average character of DejaVu Sans, in ems (a safe upper bound)
+
+
+def _fitting(text: str, inches: float, fontsize: float, smallest: float = 6.0) -> tuple[str, float]:
+    """``text`` and a font size at which it spans at most ``inches``: the given size, or a
+    smaller one down to ``smallest``, else the text on two lines (split at the middle space)."""
+
+    def size(t: str) -> float:
+        longest = max(len(line) for line in t.split("\n"))
+        return min(fontsize, inches * 72 / (_EM * longest))
+
+    if size(text) >= smallest or " " not in text:
+        return text, max(size(text), min(smallest, fontsize))
+    spaces = [i for i, c in enumerate(text) if c == " "]
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    two = text[:cut] + "\n" + text[cut + 1 :]
+    return two, max(size(two), min(smallest, fontsize))
+
+
+def _name_extra_column(ax: Axes, text: str, n_src: int, n_tgt: int, cell: float) -> bool:
+    """Figure 5's "Transition layer 1 →": the name in the empty bottom row(s), an arrow to
+    the outlined column's last cell. Returns False (nothing drawn) where the block is too
+    small for a readable name."""
+    arrow = min(2.5, max(1.0, 0.2 * (n_tgt - 1)))  # cells
+    room = (n_tgt - 1 - arrow - 0.3) * cell  # inches left of the arrow
+    one = min(8.0, 0.65 * cell * 72, room * 72 / (_EM * len(text)))
+    label, size, y = text, one, n_src - 1
+    if one < 6 and " " in text and n_src > 2:  # two lines over the two bottom rows
+        label, two = _fitting(text, room, 8.0, smallest=8.0)
+        size, y = min(two, 0.65 * cell * 72), n_src - 1.5
+    if size < 4.5:
+        return False
+    ax.annotate(
+        label,
+        xy=(n_tgt - 1.5, n_src - 1),
+        xytext=(n_tgt - 1.5 - arrow, y),
+        ha="right",
+        va="center",
+        fontsize=size,
+        arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "black", "shrinkA": 1, "shrinkB": 0},
+    )
+    return True
 
 
 def default_title(df: pd.DataFrame, normalize: str) -> str:
@@ -176,62 +275,76 @@ def default_title(df: pd.DataFrame, normalize: str) -> str:
     return f"{first}\n{second}" if first else second
 
 
-# Fixed margins of the panel layout, in inches (computed by hand: constrained layout
-# would cost more than everything else in `reuse-analysis heatmap`).
-_LEFT, _GAP, _TOP, _BOTTOM, _BAR, _BAR_ROOM = 0.75, 0.5, 0.95, 0.7, 0.22, 0.9
-_MAX_WIDTH = 22.0
+# The panel layout, in inches: gaps between panels, the colour bar, the padding around
+# everything, and the range of cell sizes. The margins that labels need are measured on
+# the drawn figure (constrained layout would cost more than everything else in
+# `reuse-analysis heatmap`); the provisional ones only start the measurement.
+_GAP, _BAR_GAP, _BAR, _PAD, _TITLE_GAP = 0.5, 0.15, 0.22, 0.1, 0.12
+_MAX_WIDTH, _MIN_CELL, _MAX_CELL = 22.0, 0.08, 0.42
+# Figure 5 is compact: cells about as tall as its text, panels close together.
+_PAPER_CELL, _PAPER_GAP = 0.17, 0.3
+_LEFT, _RIGHT, _TOP, _BOTTOM = 0.75, 0.9, 0.95, 0.7
+
+Rect = tuple[float, float, float, float]
 
 
-def _panel_layout(
-    fig: Figure | None,
-    shapes: Sequence[tuple[int, int]],
-    bar_label: str = "",
-    page: tuple[float, float] | None = None,
-) -> tuple[Figure, list[Axes], Axes, float, str]:
-    """Side-by-side axes with square cells of one size, top-aligned, and a colour-bar axes.
-
-    With ``page`` (width, height in inches) the figure has exactly that size and the panels
-    are scaled to fit inside it, centred; otherwise the figure grows with the blocks. Also
-    returns the colour-bar label wrapped to the bar's height (short blocks), with room on
-    the right for its extra lines.
-    """
-    cols = sum(c for _, c in shapes)
+def _frame(
+    shapes: Sequence[tuple[int, int]], cell: float, gap: float = _GAP
+) -> tuple[list[Rect], float, float]:
+    """Rectangles (x, y, width, height in inches from the bottom left of the panels' frame)
+    of the panels, side by side, top-aligned, square cells of side ``cell``, then the colour
+    bar's; and the frame's width and height."""
     rows = max(r for r, _ in shapes)
-    fixed = _LEFT + _GAP * (len(shapes) - 1) + _BAR_ROOM
-    if page is None:
-        cell = float(np.clip((_MAX_WIDTH - fixed) / cols, 0.08, 0.42))
-        bar_label = _fit_label(bar_label, rows * cell)
-        width = max(fixed + 0.15 * bar_label.count("\n") + cols * cell, 5.0)
-        height = _TOP + rows * cell + _BOTTOM
-        left, top = _LEFT, _TOP
-    else:
-        width, height = page
-        cell = min(0.42, (width - fixed) / cols, (height - _TOP - _BOTTOM) / rows)
-        bar_label = _fit_label(bar_label, rows * cell)
-        fixed += 0.15 * bar_label.count("\n")
-        cell = min(cell, (width - fixed) / cols)
-        left = _LEFT + (width - fixed - cols * cell) / 2
-        top = _TOP + (height - _TOP - _BOTTOM - rows * cell) / 2
-    if fig is None:
-        fig = Figure(figsize=(width, height))
-    else:
-        fig.set_size_inches(width, height)
-    axes, x = [], left
+    rects, x = [], 0.0
     for r, c in shapes:
-        rect = (x / width, (height - top - r * cell) / height, c * cell / width, r * cell / height)
-        axes.append(fig.add_axes(rect))
-        x += c * cell + _GAP
-    x += 0.15 - _GAP
-    bar = fig.add_axes(
-        (x / width, (height - top - rows * cell) / height, _BAR / width, rows * cell / height)
+        rects.append((x, (rows - r) * cell, c * cell, r * cell))
+        x += c * cell + gap
+    x += _BAR_GAP - gap
+    rects.append((x, 0.0, _BAR, rows * cell))
+    return rects, x + _BAR, rows * cell
+
+
+def _place(fig: Figure, axes: Sequence[Axes], rects: Sequence[Rect], x0: float, y0: float):
+    """Put each axes at its rectangle, the frame's bottom left at (x0, y0) inches."""
+    width, height = fig.get_size_inches()
+    for ax, (x, y, w, h) in zip(axes, rects, strict=True):
+        ax.set_position(((x0 + x) / width, (y0 + y) / height, w / width, h / height))
+
+
+def renderer_of(fig: Figure):
+    """A renderer that measures text as the saved figure will draw it (Agg; the PDF and
+    SVG backends use the same font metrics)."""
+    if not hasattr(fig.canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def _extents(fig: Figure, artists: Sequence[Any]) -> Bbox:
+    """The union of the artists' drawn extents (tight boxes), in inches."""
+    renderer = renderer_of(fig)
+    boxes = [a.get_tightbbox(renderer) for a in artists]
+    return Bbox.union([b for b in boxes if b is not None]).transformed(
+        fig.dpi_scale_trans.inverted()
     )
-    return fig, axes, bar, cell, bar_label
 
 
 def _fit_label(label: str, inches: float, fontsize: float = 8) -> str:
     """Wrap a colour-bar label onto lines no longer than the bar (short blocks)."""
     chars = max(12, int(inches * 72 / (0.55 * fontsize)))
     return "\n".join(textwrap.wrap(label, chars)) if len(label) > chars else label
+
+
+def _start_cell(
+    shapes: Sequence[tuple[int, int]], page: tuple[float, float] | None, gap: float, largest: float
+) -> float:
+    cols = sum(c for _, c in shapes)
+    rows = max(r for r, _ in shapes)
+    fixed = _LEFT + _RIGHT + gap * (len(shapes) - 1) + _BAR_GAP + _BAR
+    if page is None:
+        return float(np.clip((_MAX_WIDTH - fixed) / cols, _MIN_CELL, largest))
+    return min(largest, (page[0] - fixed) / cols, (page[1] - _TOP - _BOTTOM) / rows)
 
 
 def _draw_blocks(
@@ -241,19 +354,80 @@ def _draw_blocks(
     *,
     vmin: float,
     vmax: float,
-    cmap: str,
+    cmap: str | mpl.colors.Colormap,
     annotate: bool | None,
     bar_label: str,
+    title: str,
     page: tuple[float, float] | None = None,
+    style: str = "default",
+    bar_ticks: Sequence[float] | None = None,
 ) -> Figure:
+    """Draw every block and the colour bar, then size the figure (or, with ``page``, the
+    cells) so that every label lies inside it, measured on the drawn text."""
     blocks = sorted(int(b) for b in df["block"].unique())
     grids = [block_grid(df, b, values) for b in blocks]
     if annotate is None:
         annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
-    fig, axes, bar_ax, cell, bar_label = _panel_layout(
-        fig, [g.shape for g in grids], bar_label, page
-    )
-    for ax, b, g in zip(axes, blocks, grids, strict=True):
+    shapes = [g.shape for g in grids]
+    cols, rows = sum(c for _, c in shapes), max(r for r, _ in shapes)
+    fig = fig if fig is not None else Figure()
+    paper = style == "paper"
+    gap = _PAPER_GAP if paper else _GAP
+    cell = _start_cell(shapes, page, gap, _PAPER_CELL if paper else _MAX_CELL)
+    for _ in range(4):  # with a page: shrink the cells until the labels fit (1–2 rounds)
+        fig.clear()
+        rects, frame_w, frame_h = _frame(shapes, cell, gap)
+        fig.set_size_inches(page or (_LEFT + frame_w + _RIGHT, _TOP + frame_h + _BOTTOM))
+        axes = [fig.add_axes((0, 0, 1, 1)) for _ in rects]
+        _place(fig, axes, rects, _LEFT, _BOTTOM)
+        _draw_panels(
+            fig, axes, df, blocks, grids, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate,
+            bar_label=_fit_label(bar_label, frame_h), cell=cell, style=style,
+            bar_ticks=bar_ticks,
+        )  # fmt: skip
+        heading = fig.suptitle(title, fontsize=10, va="top")
+        box = _extents(fig, axes)
+        left, bottom = _LEFT - box.x0, _BOTTOM - box.y0
+        right, top = box.x1 - _LEFT - frame_w, box.y1 - _BOTTOM - frame_h
+        head = _extents(fig, [heading]) if title else Bbox.from_bounds(0, 0, 0, 0)
+        head_h = head.height + _TITLE_GAP if title else 0.0
+        if page is None:
+            width = max(left + frame_w + right, head.width) + 2 * _PAD
+            height = bottom + frame_h + top + head_h + 2 * _PAD
+            fig.set_size_inches(width, height)
+            _place(fig, axes, rects, _PAD + left, _PAD + bottom)
+            break
+        fixed_w = left + right + (frame_w - cols * cell) + 2 * _PAD
+        fixed_h = bottom + top + head_h + 2 * _PAD
+        fits = min((page[0] - fixed_w) / cols, (page[1] - fixed_h) / rows)
+        if fits >= cell * 0.999 or cell <= _MIN_CELL / 4:
+            x0 = (page[0] - (left + frame_w + right)) / 2 + left
+            y0 = (page[1] - head_h - (bottom + frame_h + top)) / 2 + bottom
+            _place(fig, axes, rects, x0, y0)
+            break
+        cell = max(_MIN_CELL / 4, 0.98 * fits)
+    heading.set_y(1 - _PAD / fig.get_figheight())
+    return fig
+
+
+def _draw_panels(
+    fig: Figure,
+    axes: Sequence[Axes],
+    df: pd.DataFrame,
+    blocks: Sequence[int],
+    grids: Sequence[np.ma.MaskedArray],
+    *,
+    vmin: float,
+    vmax: float,
+    cmap: str | mpl.colors.Colormap,
+    annotate: bool,
+    bar_label: str,
+    cell: float,
+    style: str,
+    bar_ticks: Sequence[float] | None,
+) -> None:
+    paper = style == "paper"
+    for ax, b, g in zip(axes, blocks, grids, strict=False):
         if block_layout(df, b) == "matrix":
             plot_block(
                 ax,
@@ -267,6 +441,7 @@ def _draw_blocks(
                 title=df.attrs.get("block_titles", {}).get(b, f"Group {b}"),
                 source_labels=df.attrs.get("source_labels", {}).get(b),
                 target_labels=df.attrs.get("target_labels", {}).get(b),
+                style=style,
             )
             ax.set_xlabel("Reading layer", fontsize=9)
             continue
@@ -278,25 +453,40 @@ def _draw_blocks(
             vmin=vmin,
             vmax=vmax,
             cmap=cmap,
-            extra_label=_EXTRA_LABELS.get(extra) if extra else None,
+            extra_label=_extra_label(extra, b, style),
             annotate=annotate,
             cell=cell,
+            style=style,
         )
-        ax.set_xlabel("Target layer (t)", fontsize=9)
+        ax.set_xlabel(r"Target layer ($\ell$)" if paper else "Target layer (t)", fontsize=9)
     first_dense = block_layout(df, blocks[0]) == "dense"
-    axes[0].set_ylabel("Source layer (s)" if first_dense else "Source", fontsize=9)
+    source = r"Source layer ($s$)" if paper else "Source layer (s)"
+    label, size = _fitting(source if first_dense else "Source", grids[0].shape[0] * cell, 9.0)
+    axes[0].set_ylabel(label, fontsize=size)
     mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
-    bar = fig.colorbar(mappable, cax=bar_ax)
-    bar.set_label(bar_label, fontsize=8)
+    bar = fig.colorbar(mappable, cax=axes[-1])
+    if bar_ticks is not None:
+        bar.set_ticks(list(bar_ticks), labels=[f"{t:g}" for t in bar_ticks])
+    if bar_label:
+        bar.set_label(bar_label, fontsize=8)
     bar.ax.tick_params(labelsize=8)
-    return fig
+
+
+def _extra_label(kind: str | None, block: int, style: str) -> str | None:
+    """The transition / classifier column's name: ``T``/``C`` ticks, or the paper's words."""
+    if kind is None:
+        return None
+    if style == "paper":
+        return f"Transition layer {block}" if kind == "transition" else "Classification layer"
+    return _EXTRA_LABELS.get(kind)
 
 
 def plot_reuse_heatmap(
     df: pd.DataFrame,
     *,
     normalize: str = "column",
-    cmap: str = "viridis",
+    cmap: str | None = None,
+    style: str = "default",
     title: str | None = None,
     annotate: bool | None = None,
     fig: Figure | None = None,
@@ -308,30 +498,33 @@ def plot_reuse_heatmap(
     their proportions; x is the target layer (then the outlined transition/classifier
     column), y the source layer with the block input (row 0) at the top. ``page`` fits
     the panels into a page of that size in inches (the report's A4), else the figure
-    grows with the blocks.
+    grows with the blocks. ``style="paper"`` draws Figure 5's look: MATLAB's jet(64)
+    (unless ``cmap`` names another map), even targets and odd sources ticked, no tick on
+    the outlined column but "Transition layer 1 →" / "Classification layer →" beside it,
+    ℓ and s on the axis labels, axis lines left and below only, the colour bar ticked every
+    0.1 and, for the paper's column scaling, unlabelled. The default is viridis.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, not {style!r}")
     _check(df)
     values = display_values(df, normalize)
     vmin = 0.0 if normalize != "none" else min(0.0, float(values.min()))
     vmax = 1.0 if normalize != "none" else float(values.max())
-    fig = _draw_blocks(
+    paper_scale = style == "paper" and normalize != "none"
+    return _draw_blocks(
         fig,
         df,
         values,
         vmin=vmin,
         vmax=vmax if vmax > vmin else vmin + 1.0,
-        cmap=cmap,
+        cmap=_colormap(cmap, style),
         annotate=annotate,
-        bar_label=bar_label(df, normalize),
+        bar_label="" if style == "paper" and normalize == "column" else bar_label(df, normalize),
+        title=title if title is not None else default_title(df, normalize),
         page=page,
+        style=style,
+        bar_ticks=np.round(np.linspace(0, 1, 11), 1) if paper_scale else None,
     )
-    fig.suptitle(
-        title if title is not None else default_title(df, normalize),
-        fontsize=10,
-        y=1 - 0.12 / fig.get_figheight(),
-        va="top",
-    )
-    return fig
 
 
 # ----------------------------------------------------------------------------- report plots
@@ -340,7 +533,7 @@ def plot_difference(
     b: pd.DataFrame,
     *,
     labels: Sequence[str] = ("A", "B"),
-    cmap: str = "RdBu_r",
+    cmap: str | mpl.colors.Colormap = "RdBu_r",
     page: tuple[float, float] | None = None,
 ) -> Figure:
     """Column-normalised B − A per block (same structure), on a symmetric colour scale."""
@@ -360,24 +553,18 @@ def plot_difference(
     )[[*KEYS, value, "normalized"]]
     diff.attrs["metric"] = a.attrs.get("metric", "weight")
     limit = float(np.nanmax(np.abs(diff["normalized"]))) or 1.0
-    fig = _draw_blocks(
+    return _draw_blocks(
         None,
         diff,
         diff["normalized"],
         vmin=-limit,
         vmax=limit,
-        cmap=cmap,
+        cmap=mpl.colormaps[cmap] if isinstance(cmap, str) else cmap,
         annotate=False,
         bar_label=f"difference of column-scaled {table_metric(a).label}",
+        title=f"{labels[1]} − {labels[0]} (column-normalised reuse)",
         page=page,
     )
-    fig.suptitle(
-        f"{labels[1]} − {labels[0]} (column-normalised reuse)",
-        fontsize=10,
-        y=1 - 0.12 / fig.get_figheight(),
-        va="top",
-    )
-    return fig
 
 
 def plot_spread(spread: pd.DataFrame, ax: Axes) -> Axes:
@@ -565,6 +752,7 @@ def sweep_figure(sweep: pd.DataFrame, *, baseline: float | None = None, title: s
 
 __all__ = [
     "NORMALIZE_MODES",
+    "STYLES",
     "agreement_figure",
     "bar_label",
     "block_grid",
