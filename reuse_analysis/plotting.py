@@ -11,7 +11,7 @@ builders return a :class:`matplotlib.figure.Figure` without touching pyplot's st
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib as mpl
@@ -567,16 +567,74 @@ def plot_difference(
     )
 
 
-def plot_spread(spread: pd.DataFrame, ax: Axes) -> Axes:
-    """Share of sources each target uses (≥ ½ its max), per block, layers then extra column."""
-    for block, g in spread.groupby("block"):
-        ax.plot(g["target"], g["spread"], marker="o", ms=3, label=f"block {block}")
-    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("target (last point: transition / classifier)")
+_MIN_SOURCES = 3  # observation 1 counts layers with at least this many sources
+
+
+def _strip_positions(n: int, centre: float, half_width: float = 0.15) -> np.ndarray:
+    """x positions of ``n`` points spread evenly around ``centre`` (a deterministic
+    jitter: reports must be byte-reproducible, seaborn's strip jitter is random)."""
+    return centre + (np.linspace(-half_width, half_width, n) if n > 1 else np.zeros(n))
+
+
+def plot_spread(
+    spread: pd.DataFrame,
+    ax: Axes,
+    *,
+    baselines: Mapping[str, pd.DataFrame] | None = None,
+    threshold: float = 0.5,
+) -> Axes:
+    """Observation 1 per block: each layer's share of sources getting ≥ ½ its strongest
+    weight (one point per layer with ≥ 3 sources, in layer order), and the median with its
+    95 % bootstrap interval (seaborn's estimator, seeded), the statistic the verdict reads.
+
+    ``baselines`` maps names ("untrained", "shuffled") to spread tables of the same shape,
+    drawn beside each block in grey, so that the reader sees what no learning gives.
+    """
+    import seaborn as sns
+
+    models = {"this model": spread, **(baselines or {})}
+    blocks = sorted(int(b) for b in spread["block"].unique())
+    width = 0.8 / len(models)
+    frames = []
+    for i, (name, table) in enumerate(models.items()):
+        rows = table[table["sources"] >= _MIN_SOURCES] if "sources" in table else table
+        offset = (i - (len(models) - 1) / 2) * width
+        for j, block in enumerate(blocks):
+            g = rows[rows["block"] == block].sort_values("target")
+            frames.append(
+                g.assign(
+                    model=name, x=j + offset, px=_strip_positions(len(g), j + offset, 0.3 * width)
+                )
+            )
+    data = pd.concat(frames, ignore_index=True)
+    colours = _block_colours(blocks)
+    for i, name in enumerate(models):
+        part = data[data["model"] == name]
+        colour = [colours[b] for b in part["block"]] if i == 0 else _BASELINE_GREYS[(i - 1) % 3]
+        ax.scatter(part["px"], part["spread"], s=9, c=colour, alpha=0.7, linewidths=0,
+                   label=name if baselines else None)  # fmt: skip
+    if len(data):
+        sns.pointplot(
+            data=data, x="x", y="spread", native_scale=True, estimator="median",
+            errorbar=("ci", 95), seed=0, color="black", linestyle="none", marker="D",
+            markersize=4, capsize=0.1, err_kws={"linewidth": 1}, ax=ax,
+        )  # fmt: skip
+    ax.plot([], [], "D", color="black", ms=4, label="median, 95 % interval")
+    ax.axhline(threshold, color="grey", ls="--", lw=0.8)
+    ax.set_xticks(range(len(blocks)), [f"block {b}" for b in blocks])
+    ax.set_xlim(-0.6, len(blocks) - 0.4)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel(f"dense block (each point: a layer with ≥ {_MIN_SOURCES} sources)")
     ax.set_ylabel("share of sources ≥ ½ max")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     return ax
+
+
+_BASELINE_GREYS = ("0.55", "0.75", "0.35")
+
+
+def _block_colours(blocks: Sequence[int]) -> dict[int, str]:
+    return {b: f"C{i % 10}" for i, b in enumerate(blocks)}
 
 
 def plot_row0_ratio(least: pd.DataFrame, ax: Axes) -> Axes:
@@ -593,28 +651,83 @@ def plot_row0_ratio(least: pd.DataFrame, ax: Axes) -> Axes:
 
 
 def plot_classifier(df: pd.DataFrame, ax: Axes, *, highlight_last: int = 0) -> Axes:
-    """The classifier's raw value per source of the last block (last ones highlighted)."""
+    """The classifier's raw value per source of the last block: the last ``highlight_last``
+    sources highlighted, and the mean over all sources (what equal use would give)."""
     col = df[df["target_kind"] == "classifier"].sort_values("source")
-    colours = ["tab:blue"] * len(col)
-    for i in range(max(0, len(col) - highlight_last), len(col)):
-        colours[i] = "tab:orange"
-    ax.bar(col["source"], col[value_column(df)], color=colours)
+    values = col[value_column(df)].to_numpy(float)
+    sources = col["source"].to_numpy()
+    last = np.arange(len(col)) >= len(col) - highlight_last
+    ax.bar(sources[~last], values[~last], color="tab:blue", label="earlier sources")
+    if last.any():
+        first = int(sources[last][0])
+        ax.bar(sources[last], values[last], color="tab:orange",
+               label=f"last quarter (sources {first}–{int(sources[-1])})")  # fmt: skip
+    if len(values):
+        ax.axhline(values.mean(), color="black", ls="--", lw=0.8,
+                   label="mean over all sources (equal use)")  # fmt: skip
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("source layer of the last block (0 = block input)")
     ax.set_ylabel(f"classifier: {table_metric(df).label}")
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     return ax
 
 
-def plot_channel_usage(usage: np.ndarray, ax: Axes, *, title: str = "") -> Axes:
-    """Histogram of per-channel usage, with the median and ⅒ of it marked."""
+def _log_ticks(low: float, high: float, inches: float, fontsize: Any) -> list[float]:
+    """Ticks for a log axis from ``low`` to ``high`` that fit side by side in ``inches``:
+    1-2-5 in each decade, else every decade, else every 2nd, 3rd… decade."""
+    points = mpl.font_manager.FontProperties(size=fontsize).get_size_in_points()
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    candidates = [[m * 10.0**d for d in decades for m in (1, 2, 5)]]
+    candidates += [[10.0**d for d in decades if d % step == 0] for step in (1, 2, 3, 5, 10)]
+    for ticks in candidates:
+        ticks = [v for v in ticks if low <= v <= high]
+        need = sum(len(f"{v:g}") * _EM * points / 72 + 0.12 for v in ticks)
+        if need <= inches:
+            return ticks
+    return ticks[:1]
+
+
+def plot_channel_usage(
+    usage: np.ndarray,
+    ax: Axes,
+    *,
+    title: str = "",
+    reference: np.ndarray | None = None,
+    reference_label: str = "untrained",
+) -> Axes:
+    """Distribution of per-channel usage (seaborn histogram on a log axis, where "a tenth
+    of the median" is a fixed distance), with the median and ⅒ of it marked. ``reference``
+    (e.g. an untrained network's usage) is drawn as an outline on the same bins."""
+    import seaborn as sns
+
+    usage = np.asarray(usage, dtype=float)
+    positive = usage[usage > 0]
     median = float(np.median(usage))
-    ax.hist(usage, bins=min(40, max(10, len(usage) // 4)), color="tab:gray")
+    unused = len(usage) - len(positive)
+    label = "channels" + (f" ({unused} unused, not drawn)" if unused else "")
+    drawn = [positive] + ([] if reference is None else [reference[reference > 0]])
+    if len(positive):
+        low = min(float(d.min()) for d in drawn if len(d))
+        high = max(float(d.max()) for d in drawn if len(d))
+        count = min(40, max(10, len(positive) // 4))
+        bins = np.geomspace(low * 0.98, high * 1.02, count + 1)  # bins over the data only
+        sns.histplot(x=positive, bins=bins, color="tab:gray", ax=ax, label=label)
+        if reference is not None:
+            sns.histplot(x=drawn[1], bins=bins, element="step", fill=False,
+                         color="tab:blue", ax=ax, label=reference_label)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlim(min(low, 0.1 * median) / 1.3, high * 1.3)
     ax.axvline(median, color="black", lw=1, label="median")
     ax.axvline(0.1 * median, color="tab:red", lw=1, ls="--", label="⅒ median")
-    ax.set_xlabel("mean |w| the next block gives the channel")
+    if len(positive):
+        inches = ax.get_position().width * ax.figure.get_figwidth()
+        ticks = _log_ticks(*ax.get_xlim(), inches, mpl.rcParams["xtick.labelsize"])
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax.set_xlabel("usage: mean |w| from the next block")
     ax.set_ylabel("channels")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     return ax
 
 
@@ -677,29 +790,37 @@ _METRIC_COLOURS = {
 
 
 def plot_agreement(agreement: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Spearman correlation of each metric with ablation, per block (grouped bars).
+    """Spearman correlation of each metric with ablation, per block (grouped bars, seaborn).
 
     ``agreement`` has the columns ``block`` (an int, or ``"all"``), ``metric`` and
-    ``spearman`` (see :func:`reuse_analysis.agreement.agreement_table`).
+    ``spearman`` (see :func:`reuse_analysis.agreement.agreement_table`). Where it holds
+    several rows per (block, metric) (repeated probes, seeds), the bar is their mean with a
+    95 % bootstrap interval.
     """
+    import seaborn as sns
+
     if ax is None:
         ax = Figure(figsize=(7, 4)).add_subplot()
-    blocks = list(dict.fromkeys(agreement["block"].astype(str)))
-    metrics = list(dict.fromkeys(agreement["metric"]))
-    width = 0.8 / max(len(metrics), 1)
-    for i, metric in enumerate(metrics):
-        rows = agreement[agreement["metric"] == metric]
-        rows = rows.set_index(rows["block"].astype(str))
-        values = [float(rows["spearman"].get(b, np.nan)) for b in blocks]
-        xs = np.arange(len(blocks)) + (i - (len(metrics) - 1) / 2) * width
-        ax.bar(xs, values, width, label=metric, color=_METRIC_COLOURS.get(metric))
+    data = agreement.assign(
+        where=[f"block {b}" if str(b) != "all" else "all blocks" for b in agreement["block"]]
+    )
+    metrics = list(dict.fromkeys(data["metric"]))
+    sns.barplot(
+        data=data, x="where", y="spearman", hue="metric", hue_order=metrics,
+        palette=_palette(metrics), errorbar=("ci", 95), seed=0, err_kws={"linewidth": 1},
+        capsize=0.1, ax=ax,
+    )  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(blocks)))
-    ax.set_xticklabels([f"block {b}" if b != "all" else "all blocks" for b in blocks])
+    ax.set_xlabel("")
     ax.set_ylim(-1, 1)
     ax.set_ylabel("Spearman ρ with ablation")
     ax.legend(fontsize=8, ncol=min(len(metrics), 4), loc="lower right")
     return ax
+
+
+def _palette(metrics: Sequence[str]) -> dict[str, str]:
+    spare = iter(f"C{i}" for i in range(5, 10))
+    return {m: _METRIC_COLOURS.get(m) or next(spare, "black") for m in metrics}
 
 
 def agreement_figure(agreement: pd.DataFrame, *, title: str = "") -> Figure:
@@ -714,29 +835,38 @@ def agreement_figure(agreement: pd.DataFrame, *, title: str = "") -> Figure:
 def plot_sweep(
     sweep: pd.DataFrame, ax: Axes | None = None, *, baseline: float | None = None
 ) -> Axes:
-    """Accuracy against the fraction of connections cut, one line per metric.
+    """Accuracy against the fraction of connections cut, one line per metric (seaborn).
 
     ``sweep`` has the columns ``metric``, ``fraction`` and ``accuracy`` (0..1); ``baseline``
-    is the unpruned accuracy, drawn as a horizontal reference line.
+    is the unpruned accuracy, drawn as a horizontal reference line. A metric with several
+    rows per fraction (the random baseline over several seeds) is drawn as its mean with a
+    band from the lowest to the highest accuracy: the spread that chance gives.
     """
+    import seaborn as sns
+
     if ax is None:
         ax = Figure(figsize=(7, 4.5)).add_subplot()
-    for metric, rows in sweep.groupby("metric", sort=False):
-        rows = rows.sort_values("fraction")
-        ax.plot(
-            rows["fraction"],
-            100 * rows["accuracy"],
-            marker="o",
-            ms=4,
-            label=metric,
-            color=_METRIC_COLOURS.get(str(metric)),
-        )
+    data = sweep.assign(percent=100 * sweep["accuracy"].astype(float))
+    metrics = list(dict.fromkeys(data["metric"].astype(str)))
+    sns.lineplot(
+        data=data, x="fraction", y="percent", hue="metric", hue_order=metrics,
+        palette=_palette(metrics), marker="o", markersize=5, markeredgewidth=0,
+        errorbar=("pi", 100), ax=ax,
+    )  # fmt: skip
     if baseline is not None:
         ax.axhline(100 * baseline, color="black", ls="--", lw=1, label="unpruned")
+    repeated = data.groupby(["metric", "fraction"]).size()
+    spread = sorted({m for (m, _), n in repeated.items() if n > 1})
     ax.set_xlabel("fraction F of source→target connections cut (weakest first)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0))
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [
+        f"{name} (mean; band: range over {int(repeated[name].max())} runs)"
+        if name in spread else name
+        for name in labels
+    ]  # fmt: skip
+    ax.legend(handles, labels, fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 
