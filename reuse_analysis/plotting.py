@@ -34,6 +34,7 @@ _SCALING = {
 }
 _EXTRA_LABELS = {"transition": "T", "classifier": "C"}
 _ANNOTATE_MAX_LAYERS = 8
+_ANNOTATE_MIN_CELL = 0.25  # inches: "0.00" at 6 points needs this much
 
 
 def _check(df: pd.DataFrame) -> None:
@@ -210,11 +211,12 @@ def plot_block(
             ax.set_xticks([*xt, n_tgt - 1], [*(str(t + 1) for t in xt), extra_label[0]])
     if annotate:
         span = vmax - vmin if vmax > vmin else 1.0
+        number = min(6.0, 0.9 * cell * 72 / (4 * _EM))  # "0.00" inside its cell
         for (s, t), v in np.ndenumerate(grid.filled(np.nan)):
             if not np.isnan(v):
                 dark = (v - vmin) / span < 0.6
                 ax.text(
-                    t, s, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    t, s, f"{v:.2f}", ha="center", va="center", fontsize=number,
                     color="white" if dark else "black",
                 )  # fmt: skip
     return ax
@@ -224,19 +226,19 @@ _EM = 0.62  # width of an average character of DejaVu Sans, in ems (a safe upper
 
 
 def _fitting(text: str, inches: float, fontsize: float, smallest: float = 6.0) -> tuple[str, float]:
-    """``text`` and a font size at which it spans at most ``inches``: the given size, or a
-    smaller one down to ``smallest``, else the text on two lines (split at the middle space)."""
+    """``text`` and a font size at which it spans at most ``inches``: the given size or a
+    smaller one; below ``smallest``, the text on two lines (split at the middle space)."""
 
     def size(t: str) -> float:
         longest = max(len(line) for line in t.split("\n"))
         return min(fontsize, inches * 72 / (_EM * longest))
 
     if size(text) >= smallest or " " not in text:
-        return text, max(size(text), min(smallest, fontsize))
+        return text, size(text)
     spaces = [i for i, c in enumerate(text) if c == " "]
     cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
     two = text[:cut] + "\n" + text[cut + 1 :]
-    return two, max(size(two), min(smallest, fontsize))
+    return two, size(two)
 
 
 def _name_extra_column(ax: Axes, text: str, n_src: int, n_tgt: int, cell: float) -> bool:
@@ -247,7 +249,7 @@ def _name_extra_column(ax: Axes, text: str, n_src: int, n_tgt: int, cell: float)
     room = (n_tgt - 1 - arrow - 0.3) * cell  # inches left of the arrow
     one = min(8.0, 0.65 * cell * 72, room * 72 / (_EM * len(text)))
     label, size, y = text, one, n_src - 1
-    if one < 6 and " " in text and n_src > 2:  # two lines over the two bottom rows
+    if one < 6 and " " in text and n_src > _ANNOTATE_MAX_LAYERS + 1:  # two bottom rows
         label, two = _fitting(text, room, 8.0, smallest=8.0)
         size, y = min(two, 0.65 * cell * 72), n_src - 1.5
     if size < 4.5:
@@ -366,9 +368,12 @@ def _draw_blocks(
     cells) so that every label lies inside it, measured on the drawn text."""
     blocks = sorted(int(b) for b in df["block"].unique())
     grids = [block_grid(df, b, values) for b in blocks]
-    if annotate is None:
-        annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids)
     shapes = [g.shape for g in grids]
+    if annotate is None:
+        annotate = all(g.shape[0] - 1 <= _ANNOTATE_MAX_LAYERS for g in grids) and (
+            _start_cell(shapes, page, _PAPER_GAP if style == "paper" else _GAP,
+                        _PAPER_CELL if style == "paper" else _MAX_CELL) >= _ANNOTATE_MIN_CELL
+        )  # fmt: skip
     cols, rows = sum(c for _, c in shapes), max(r for r, _ in shapes)
     fig = fig if fig is not None else Figure()
     paper = style == "paper"
@@ -427,6 +432,7 @@ def _draw_panels(
     bar_ticks: Sequence[float] | None,
 ) -> None:
     paper = style == "paper"
+    gap = _PAPER_GAP if paper else _GAP
     for ax, b, g in zip(axes, blocks, grids, strict=False):
         if block_layout(df, b) == "matrix":
             plot_block(
@@ -458,7 +464,10 @@ def _draw_panels(
             cell=cell,
             style=style,
         )
-        ax.set_xlabel(r"Target layer ($\ell$)" if paper else "Target layer (t)", fontsize=9)
+        target = r"Target layer ($\ell$)" if paper else "Target layer (t)"
+        # No wider than the panel and the part of the gaps the neighbours' ticks leave free.
+        label, size = _fitting(target, g.shape[1] * cell + max(0.0, gap - 0.4), 9.0)
+        ax.set_xlabel(label, fontsize=size)
     first_dense = block_layout(df, blocks[0]) == "dense"
     source = r"Source layer ($s$)" if paper else "Source layer (s)"
     label, size = _fitting(source if first_dense else "Source", grids[0].shape[0] * cell, 9.0)
@@ -466,10 +475,18 @@ def _draw_panels(
     mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
     bar = fig.colorbar(mappable, cax=axes[-1])
     if bar_ticks is not None:
+        room = _height_inches(axes[-1]) * 72 / (1.5 * 8)  # 8-point labels, space between
+        step = next(k for k in (1, 2, 5, 10) if len(bar_ticks[::k]) <= room or k == 10)
+        bar_ticks = bar_ticks[::step]
         bar.set_ticks(list(bar_ticks), labels=[f"{t:g}" for t in bar_ticks])
     if bar_label:
         bar.set_label(bar_label, fontsize=8)
     bar.ax.tick_params(labelsize=8)
+
+
+def _height_inches(ax: Axes) -> float:
+    """Height of an axes' box in inches."""
+    return ax.get_position().height * ax.figure.get_figheight()
 
 
 def _extra_label(kind: str | None, block: int, style: str) -> str | None:
@@ -668,7 +685,8 @@ def plot_classifier(df: pd.DataFrame, ax: Axes, *, highlight_last: int = 0) -> A
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("source layer of the last block (0 = block input)")
     ax.set_ylabel(f"classifier: {table_metric(df).label}")
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    # Above the axes, not over the bars.
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=3, frameon=False)
     return ax
 
 
