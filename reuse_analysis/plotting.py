@@ -101,10 +101,11 @@ def _step(n: int, cell: float) -> int:
 def _ticks(n: int, first: int, cell: float = 0.3) -> list[int]:
     """Tick positions 0..n-1 for labels first..first+n-1: every label if few, else round ones.
 
-    The last position (the extra column, or the last source) is always labelled.
+    The last position (the extra column, or the last source) is always labelled, and so is
+    source 0 (the block input); target 1 only when every target is.
     """
     step = _step(n, cell)
-    keep = [i for i in range(n) if (i + first) % step == 0 or i == 0]
+    keep = [i for i in range(n) if (i + first) % step == 0 or (i == 0 and first == 0)]
     keep = [i for i in keep if n - 1 - i >= max(1, step // 2) or i == 0]
     return [*keep, n - 1]
 
@@ -449,7 +450,8 @@ def _draw_panels(
                 target_labels=df.attrs.get("target_labels", {}).get(b),
                 style=style,
             )
-            ax.set_xlabel("Reading layer", fontsize=9)
+            label, size = _fitting("Reading layer", g.shape[1] * cell + max(0.0, gap - 0.4), 9.0)
+            ax.set_xlabel(label, fontsize=size)
             continue
         extra = _extra_kind(df, b)
         plot_block(

@@ -295,6 +295,36 @@ def test_every_heatmap_is_readable(layers, style, normalize):
     assert_readable(fig)
 
 
+def _branches(groups=9):
+    """A traced table of Inception-like groups: 4 branches read by 4 branches, all cells."""
+    rows = [
+        (g, s, t, "classifier" if (g == groups and t == 1) else "layer", 0.01 * (s + t + g), 0.5)
+        for g in range(1, groups + 1)
+        for t in range(1, 2 if g == groups else 5)
+        for s in range(4)
+    ]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    names = [f"inception{i}" for i in range(1, groups + 1)] + ["classifier"]
+    df.attrs.update(
+        layout=dict.fromkeys(range(1, groups + 1), "matrix"),
+        block_titles={g: f"{names[g - 1]}\n→ {names[g]}" for g in range(1, groups + 1)},
+        source_labels={g: ["b1", "b2", "b3", "b4"] for g in range(1, groups + 1)},
+        target_labels={
+            g: ["classifier"] if g == groups else ["b1", "b2", "b3", "b4"]
+            for g in range(1, groups + 1)
+        },
+    )
+    return df
+
+
+@pytest.mark.parametrize("style", ["default", "paper"])
+def test_branch_matrices_are_readable(style):
+    fig = plot_reuse_heatmap(_branches(), style=style)
+    panels = [ax for ax in fig.axes if "→" in ax.get_title()]
+    assert len(panels) == 9 and _ticks(panels[0]) == ["b1", "b2", "b3", "b4"]
+    assert_readable(fig)
+
+
 @pytest.mark.parametrize("page", [None, PAGE], ids=["figure", "page"])
 @pytest.mark.parametrize("layers", [(16, 16, 16), (6, 12, 24, 16)], ids=["bc100", "densenet121"])
 def test_difference_heatmaps_are_readable(layers, page):
