@@ -462,13 +462,25 @@ def report_pages():
     when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     two = pages([first, model_report(b)], when)
     four = pages([model_report(model("densenet121", 0))], when)
-    return [(f"bc100 page {i}", p) for i, p in enumerate(two)] + [
-        (f"densenet121 page {i}", p) for i, p in enumerate(four)
-    ]
+    return _first_of_each_kind(two, "bc100") + _first_of_each_kind(four, "densenet121")
+
+
+def _first_of_each_kind(figures, name):
+    """The pages, but of the appendix only its first page per model (the others are the
+    same layout with other rows)."""
+    kept, seen = [], set()
+    for i, page in enumerate(figures):
+        heading = page.texts[0].get_text() if page.texts else ""
+        kind = heading.rsplit("(", 1)[0] if heading.startswith("Appendix") else i
+        if kind not in seen:
+            seen.add(kind)
+            kept.append((f"{name} page {i}", page))
+    return kept
 
 
 def test_every_report_page_is_readable(report_pages):
-    found = [f"{name}: {line}" for name, page in report_pages for line in problems(page)]
+    assert sum("Appendix" in p.texts[0].get_text() for _, p in report_pages if p.texts) == 3
+    found = [f"{name}: {line}" for name, page in report_pages for line in problems(page, dpi=100)]
     assert not found, "\n".join(found)
     titles = [page.get_suptitle() for _, page in report_pages]
     assert any("seed1 − densenet_bc_100-seed0" in t for t in titles)  # the difference page
