@@ -848,7 +848,7 @@ def agreement_figure(agreement: pd.DataFrame, *, title: str = "") -> Figure:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     plot_agreement(agreement, fig.add_subplot())
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrap(title, fig.get_figwidth() - 0.3, 10), fontsize=10)
     return fig
 
 
@@ -896,8 +896,14 @@ def sweep_figure(sweep: pd.DataFrame, *, baseline: float | None = None, title: s
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     plot_sweep(sweep, fig.add_subplot(), baseline=baseline)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrap(title, fig.get_figwidth() - 0.3, 10), fontsize=10)
     return fig
+
+
+def _wrap(text: str, inches: float, fontsize: float) -> str:
+    """Each line of ``text`` wrapped to at most ``inches`` at ``fontsize`` points."""
+    chars = max(20, int(inches * 72 / (_EM * fontsize)))
+    return "\n".join("\n".join(textwrap.wrap(line, chars) or [""]) for line in text.split("\n"))
 
 
 __all__ = [
