@@ -281,8 +281,7 @@ HEATMAPS = {
     "two small blocks": (3, 3),
     "densenet_bc_100": (16, 16, 16),
     "densenet121": (6, 12, 24, 16),
-    "densenet201": (6, 12, 48, 32),
-}
+}  # DenseNet-264's blocks are drawn on a page in test_heatmap_fits_a_page_with_square_cells
 
 
 @pytest.mark.parametrize("normalize", ["column", "none", "global"])
