@@ -146,9 +146,15 @@ def cli() -> None:
 @concat_option
 @click.option(
     "--cmap",
-    default="viridis",
+    default=None,
+    help="Matplotlib colour map (default: viridis; jet with --style paper).",
+)
+@click.option(
+    "--style",
+    type=click.Choice(["default", "paper"]),
+    default="default",
     show_default=True,
-    help="Matplotlib colour map; 'jet' matches the paper's figure.",
+    help="paper: Figure 5's look (jet, its ticks, 'Transition layer 1 →' labels).",
 )
 @click.option("--title", help="Figure title (default: model, structure, concat order).")
 @click.option(
@@ -170,7 +176,8 @@ def heatmap(
     output: Path | None,
     normalize: str,
     concat_order: str,
-    cmap: str,
+    cmap: str | None,
+    style: str,
     title: str | None,
     annotate: bool | None,
     dpi: int,
@@ -186,14 +193,14 @@ def heatmap(
     _check_figure_path(output)
     import matplotlib
 
-    if cmap not in matplotlib.colormaps:
+    if cmap is not None and cmap not in matplotlib.colormaps:
         fail(f"unknown colour map {cmap!r}; try viridis, magma or jet")
 
     from reuse_analysis.plotting import plot_reuse_heatmap
 
     result = _analyze(model, arch, input_size, concat_order, trust_pickle, metric, probe)
     fig = plot_reuse_heatmap(
-        result.table, normalize=normalize, cmap=cmap, title=title, annotate=annotate
+        result.table, normalize=normalize, cmap=cmap, style=style, title=title, annotate=annotate
     )
     save_figure_atomic(fig, output, dpi)
     order = text.order_text(result.table.attrs)

@@ -127,12 +127,17 @@ def _text_page(title: str) -> Figure:
 
 
 def _lines(fig: Figure, lines: Sequence[str], *, top: float = 0.85, size: float = 11) -> float:
-    """Write lines (wrapped) from ``top`` down; return where the text ended."""
+    """Write lines (wrapped) from ``top`` down; return where the text ended. Lines that
+    would run off the page are set smaller, so that all of them fit above its margin."""
+    parts = [part for line in lines for part in textwrap.wrap(line, 120) or [""]]
+    step = size / 72 / PAGE[1] * 1.45
+    if parts and top - len(parts) * step < 0.04:
+        scale = (top - 0.04) / (len(parts) * step)
+        size, step = size * scale, step * scale
     y = top
-    for line in lines:
-        for part in textwrap.wrap(line, 120) or [""]:
-            fig.text(0.06, y, part, fontsize=size, va="top", family="DejaVu Sans")
-            y -= size / 72 / PAGE[1] * 1.45
+    for part in parts:
+        fig.text(0.06, y, part, fontsize=size, va="top", family="DejaVu Sans")
+        y -= step
     return y
 
 
@@ -373,7 +378,7 @@ def _energy_plot(ax: Any, r: TransitionRedundancy) -> None:
     ax.axhline(0.9, color="tab:red", lw=0.7, ls=":")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("share of directions (of the transition's channels)")
+    ax.set_xlabel("share of directions\n(of the channels)")
     ax.set_ylabel("cumulative energy of the read-in")
     ax.set_title(f"transition after block {r.transition}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")

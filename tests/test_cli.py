@@ -11,6 +11,7 @@ from io import StringIO
 from pathlib import Path
 
 import click
+import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -290,11 +291,35 @@ def test_heatmap_default_output_under_reports(tmp_path, kuangliu_path):
     assert image.shape[0] > 200 and image.shape[1] > 400
 
 
-def test_heatmap_of_densenet121(tmp_path, d121_path):
+def test_heatmap_of_densenet121(tmp_path, d121_path, monkeypatch):
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "savefig",
+        lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k),
+    )
     out = tmp_path / "d121.png"
-    result = run("heatmap", d121_path, "-o", out, "--normalize", "none", "--cmap", "jet")
+    result = run("heatmap", d121_path, "-o", out, "--normalize", "none", "--style", "paper")
     assert result.exit_code == 0, result.output
-    assert out.stat().st_size > 10_000
+    assert matplotlib.image.imread(out).shape[2] == 4  # a PNG was written
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("Dense Block")]
+    assert [ax.get_title() for ax in panels] == [f"Dense Block {b}" for b in (1, 2, 3, 4)]
+    raw = analyze(d121_path).table
+    for ax, (block, layers) in zip(panels, enumerate((6, 12, 24, 16), start=1), strict=True):
+        image = ax.get_images()[0]
+        assert image.get_array().shape == (layers + 1, layers + 1)  # sources 0..L, targets 1..L+1
+        rows = raw[raw.block == block]
+        grid = np.full((layers + 1, layers + 1), np.nan)
+        grid[rows.source, rows.target - 1] = rows.mean_abs_weight
+        np.testing.assert_allclose(image.get_array().filled(np.nan), grid, rtol=1e-6)
+        (outline,) = [p for p in ax.patches if not p.get_fill()]
+        assert outline.get_x() == layers - 0.5  # the transition / classifier column
+        kind = "Transition layer" if block < 4 else "Classification layer"
+        assert any(t.get_text().replace("\n", " ").startswith(kind) for t in ax.texts)
+    assert image.get_cmap().name.startswith("jet")  # the paper's colours
+    assert image.get_clim() == pytest.approx((0.0, raw.mean_abs_weight.max()))  # raw scale
 
 
 def test_table_csv_columns_and_values_match_library(kuangliu_path):
