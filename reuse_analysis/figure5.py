@@ -12,8 +12,11 @@ to 0.34), a public DenseNet-40 that someone else trained on C10+ 0.34 / 0.74 / 0
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,3 +86,61 @@ def correlation_by_epoch(reuse_log: pd.DataFrame) -> pd.DataFrame:
             return pd.DataFrame(columns=["epoch", *(f"block{b}" for b in range(1, BLOCKS + 1))])
         rows.append({"epoch": int(epoch), **{f"block{b}": v for b, v in r.items()}})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Figure5Match:
+    """A model's per-block correlation with Figure 5, next to untrained networks'."""
+
+    r: dict[int, float]
+    untrained_mean: dict[int, float]
+    untrained_sd: dict[int, float]
+    seeds: int
+
+    def line(self) -> str:
+        """``0.21 / 0.14 / 0.64 (untrained: 0.04 ± 0.10 / …, 20 seeds)`` for reports."""
+        ours = " / ".join(f"{self.r[b]:.2f}" for b in sorted(self.r))
+        null = " / ".join(
+            f"{self.untrained_mean[b]:.2f} ± {self.untrained_sd[b]:.2f}" for b in sorted(self.r)
+        )
+        return f"{ours} (the same shapes untrained: {null}, {self.seeds} seeds)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "r": {str(b): v for b, v in self.r.items()},
+            "untrained_mean": {str(b): v for b, v in self.untrained_mean.items()},
+            "untrained_sd": {str(b): v for b, v in self.untrained_sd.items()},
+            "seeds": self.seeds,
+        }
+
+
+def figure5_match(
+    table: pd.DataFrame,
+    state_dict: Mapping[str, Any],
+    structure: Any,
+    concat_order: str = "oldest-first",
+    *,
+    seeds: int = 20,
+) -> Figure5Match | None:
+    """:func:`figure5_correlation` of ``table`` with what ``seeds`` freshly initialised
+    networks of the same shapes give (:func:`reuse_analysis.nulls.untrained_like`), or
+    ``None`` when the model is not of the figure's configuration."""
+    r = figure5_correlation(table)
+    if r is None:
+        return None
+    from reuse_analysis.metrics import reuse_table
+    from reuse_analysis.nulls import untrained_like
+
+    nulls = [
+        figure5_correlation(
+            reuse_table(untrained_like(state_dict, structure, seed), structure, concat_order)
+        )
+        for seed in range(seeds)
+    ]
+    samples = {b: np.array([n[b] for n in nulls if n is not None]) for b in r}
+    return Figure5Match(
+        r,
+        {b: float(v.mean()) for b, v in samples.items()},
+        {b: float(v.std(ddof=1)) for b, v in samples.items()},
+        seeds,
+    )

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from reuse_analysis import __version__
 from reuse_analysis._io import atomic_path
 from reuse_analysis.analysis import Analysis
+from reuse_analysis.figure5 import Figure5Match, figure5_match
 from reuse_analysis.nulls import checkpoint_warnings
 from reuse_analysis.observations import (
     ALPHA,
@@ -73,6 +74,7 @@ class ModelReport:
     warnings: list[str]  # why the results may not mean much (nulls.checkpoint_warnings)
     agreement: pd.DataFrame | None = None  # agreement.agreement_table, if asked for
     sweep: pd.DataFrame | None = None  # prune.sweep's table, if given
+    figure5: Figure5Match | None = None  # DenseNet-40 configuration: r against Figure 5
 
     def observations(self) -> list[Observation]:
         return self.verdicts
@@ -109,7 +111,15 @@ def model_report(
         warnings=checkpoint_warnings(sd, structure, result.table.attrs),
         agreement=agreement,
         sweep=sweep,
+        figure5=_figure5(result, order),
     )
+
+
+def _figure5(result: Analysis, order: str) -> Figure5Match | None:
+    """The Figure-5 correlation of a weight table of the paper's configuration."""
+    if result.state_dict is None or result.table.attrs.get("metric", "weight") != "weight":
+        return None
+    return figure5_match(result.table, result.state_dict, result.structure, order)
 
 
 def report_date() -> dt.datetime:
@@ -236,6 +246,11 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
             f"    accuracy: {_accuracy(m.meta)}",
             f"    concat order: {_order(m.table)}",
             f"    metric: {_metric_line(m.table)}",
+            *(
+                [f"    Figure 5 correlation (Pearson r per block): {m.figure5.line()}"]
+                if m.figure5 is not None
+                else []
+            ),
             *[f"    WARNING: {w}" for w in m.warnings],
             "",
         ]

@@ -185,3 +185,34 @@ def test_cover_says_how_many_test_images_the_accuracy_counts(tmp_path):
     assert _run("report", path, "-o", out).exit_code == 0
     cover = _text(pypdf.PdfReader(out))[0]
     assert "61.23 % top-1 (test_acc recorded in the checkpoint, on 2,000 test images)" in cover
+
+
+def test_cover_of_a_figure5_configuration_states_its_correlation(tmp_path):
+    """A DenseNet-40 whose weights are set to the digitised figure (per cell, the figure's
+    column-scaled value) correlates 1.00 in every block, stated on the cover next to the
+    untrained reference; a model of another configuration gets no such line."""
+    from reuse_analysis.figure5 import figure5
+    from reuse_analysis.structure import infer_structure
+
+    torch.manual_seed(0)
+    sd = create_model("densenet40").state_dict()
+    structure = infer_structure(sd)
+    fig = figure5()
+    for target in structure.targets():
+        weight = sd[target.weight_key]
+        for source, start, stop in target.slices:
+            value = fig[target.block][source, target.index - 1]
+            weight[:, start:stop] = 0.1 + value  # every |w| of the slice: its cell
+    path = tmp_path / "d40.pt"
+    torch.save(sd, path)
+    out = tmp_path / "d40.pdf"
+    assert _run("report", path, "-o", out).exit_code == 0
+    cover = " ".join(_text(pypdf.PdfReader(out))[0].split())
+    match = re.search(r"Figure 5 correlation \(Pearson r per block\): (\S+) / (\S+) / (\S+)", cover)
+    assert match is not None, cover
+    assert [float(v) for v in match.groups()] == [1.0, 1.0, 1.0]
+    assert "untrained" in cover[match.end() : match.end() + 60]
+    other = tmp_path / "bc.pdf"
+    torch.save(create_model("densenet_bc_100").state_dict(), tmp_path / "bc.pt")
+    assert _run("report", tmp_path / "bc.pt", "-o", other).exit_code == 0
+    assert "Figure 5 correlation" not in _text(pypdf.PdfReader(other))[0]
