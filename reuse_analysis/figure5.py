@@ -57,7 +57,8 @@ def figure5_correlation(table: pd.DataFrame) -> dict[int, float] | None:
     """Per block, Pearson r of the table's column-scaled values against Figure 5.
 
     ``None`` when the table is not of the figure's configuration. Every cell both define
-    counts, the single-source column (target 1, drawn as 1 in both) included.
+    counts, the single-source column (target 1, drawn as 1 in both) included; a block whose
+    columns are all constant gets NaN.
     """
     if not matches_figure5(table):
         return None
@@ -69,23 +70,9 @@ def figure5_correlation(table: pd.DataFrame) -> dict[int, float] | None:
         ours = values.loc[rows.index].to_numpy(dtype=float)
         theirs = fig[b][rows["source"].to_numpy(), rows["target"].to_numpy() - 1]
         keep = ~np.isnan(theirs)
-        result[b] = float(np.corrcoef(ours[keep], theirs[keep])[0, 1])
+        flat = np.ptp(ours[keep]) == 0  # every column constant: no correlation to speak of
+        result[b] = float("nan") if flat else float(np.corrcoef(ours[keep], theirs[keep])[0, 1])
     return result
-
-
-def correlation_by_epoch(reuse_log: pd.DataFrame) -> pd.DataFrame:
-    """Figure-5 correlation per block after every epoch of a run's ``.reuse.csv`` log.
-
-    One row per epoch (0 = initialisation) with columns ``epoch, block1, block2, block3``;
-    empty when the run's model is not of the figure's configuration.
-    """
-    rows = []
-    for epoch, table in reuse_log.groupby("epoch", sort=True):
-        r = figure5_correlation(table.reset_index(drop=True))
-        if r is None:
-            return pd.DataFrame(columns=["epoch", *(f"block{b}" for b in range(1, BLOCKS + 1))])
-        rows.append({"epoch": int(epoch), **{f"block{b}": v for b, v in r.items()}})
-    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)

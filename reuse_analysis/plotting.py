@@ -933,3 +933,39 @@ __all__ = [
     "plot_sweep",
     "sweep_figure",
 ]
+
+
+def dynamics_figure(dynamics: pd.DataFrame, *, title: str = "") -> Figure:
+    """A run's reuse statistics per epoch (:func:`reuse_analysis.dynamics.reuse_dynamics`):
+    the correlation with the paper's Figure 5 per block, observation 3's row-0 share and
+    observation 4's classifier focus. Epoch 0 is the run's own initialisation, the
+    untrained reference of every curve."""
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    epochs = dynamics["epoch"]
+    fig5 = [c for c in ("fig5_block1", "fig5_block2", "fig5_block3") if dynamics[c].notna().any()]
+    ax = axes[0]
+    for column in fig5:
+        ax.plot(epochs, dynamics[column], marker=".", label=f"block {column[-1]}")
+    ax.axhline(0, color="0.6", lw=0.7)
+    ax.set_ylim(-0.4, 1)
+    ax.set_title("correlation with Figure 5" if fig5 else "not Figure 5's configuration")
+    ax.set_ylabel("Pearson r")
+    if fig5:
+        ax.legend(fontsize=8, loc="lower right")
+    ax = axes[1]
+    ax.plot(epochs, dynamics["row0_weakest_share"], marker=".", color="tab:purple")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("obs. 3: row 0 the weakest source")
+    ax.set_ylabel("share of layers, blocks ≥ 2")
+    ax = axes[2]
+    ax.plot(epochs, dynamics["classifier_focus"], marker=".", color="tab:green")
+    ax.axhline(1, color="0.6", lw=0.7)
+    ax.set_title("obs. 4: classifier focus")
+    ax.set_ylabel("last quarter ÷ other sources")
+    for ax in axes:
+        ax.set_xlabel("epoch (0 = initialisation)")
+        ax.title.set_fontsize(10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

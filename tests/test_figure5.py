@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reuse_analysis.figure5 import correlation_by_epoch, figure5, figure5_correlation
+from reuse_analysis.figure5 import figure5, figure5_correlation
 
 
 def _table_from(fig: dict[int, np.ndarray]) -> pd.DataFrame:
@@ -60,19 +60,3 @@ def test_other_configurations_are_not_compared():
     table = _table_from(figure5())
     assert figure5_correlation(table[table.block < 3]) is None
     assert figure5_correlation(table[table.target < 13]) is None
-
-
-def test_correlation_by_epoch_reads_a_runs_reuse_log():
-    fig = figure5()
-    rng = np.random.default_rng(1)
-    early = _table_from(
-        {b: np.where(np.isnan(a), np.nan, rng.random(a.shape)) for b, a in fig.items()}
-    )
-    late = _table_from(fig)
-    log = pd.concat([early.assign(epoch=0), late.assign(epoch=1)]).drop(columns="normalized")
-    by_epoch = correlation_by_epoch(log)
-    assert list(by_epoch["epoch"]) == [0, 1]
-    assert list(by_epoch.columns) == ["epoch", "block1", "block2", "block3"]
-    np.testing.assert_allclose(by_epoch.iloc[1, 1:].to_numpy(dtype=float), 1.0)
-    expected = [_by_hand(early.drop(columns="normalized"), b) for b in (1, 2, 3)]
-    np.testing.assert_allclose(by_epoch.iloc[0, 1:].to_numpy(dtype=float), expected)
