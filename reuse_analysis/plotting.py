@@ -965,6 +965,7 @@ def dynamics_figure(dynamics: pd.DataFrame, *, title: str = "") -> Figure:
     ax.set_ylabel("last quarter ÷ other sources")
     for ax in axes:
         ax.set_xlabel("epoch (0 = initialisation)")
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
         ax.title.set_fontsize(10)
     if title:
         fig.suptitle(title, fontsize=10)
