@@ -963,9 +963,13 @@ def dynamics_figure(dynamics: pd.DataFrame, *, title: str = "") -> Figure:
     ax.axhline(1, color="0.6", lw=0.7)
     ax.set_title("obs. 4: classifier focus")
     ax.set_ylabel("last quarter ÷ other sources")
+    if dynamics["classifier_focus"].isna().all():
+        ax.set_title("obs. 4: no classifier column")
+        ax.set_ylim(0, 2)
     for ax in axes:
         ax.set_xlabel("epoch (0 = initialisation)")
-        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(epochs.min() - 0.3, epochs.max() + 0.3)
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True, nbins=8))
         ax.title.set_fontsize(10)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -81,9 +81,10 @@ def test_dynamics_figure_draws_each_statistic_readably():
     from reuse_analysis.plotting import dynamics_figure
 
     fig = figure5()
+    kinds = {1: "transition", 2: "transition", 3: "classifier"}
     table = pd.DataFrame(
         [
-            (b, s, t, "transition" if t == 13 else "layer", 0.1 + fig[b][s, t - 1])
+            (b, s, t, kinds[b] if t == 13 else "layer", 0.1 + fig[b][s, t - 1])
             for b in (1, 2, 3)
             for t in range(1, 14)
             for s in range(t)
@@ -102,3 +103,8 @@ def test_dynamics_figure_draws_each_statistic_readably():
     np.testing.assert_allclose(left.get_lines()[0].get_ydata(), dyn["fig5_block1"])
     np.testing.assert_allclose(middle.get_lines()[0].get_ydata(), dyn["row0_weakest_share"])
     np.testing.assert_allclose(right.get_lines()[0].get_ydata(), dyn["classifier_focus"])
+    assert dyn["classifier_focus"].notna().all()
+    low, high = left.get_xlim()
+    assert [t for t in left.get_xticks() if low <= t <= high] == [0, 1]  # whole epochs
+    # a run without a classifier column still draws a readable figure
+    assert_readable(dynamics_figure(dyn.assign(classifier_focus=np.nan)))
