@@ -32,7 +32,7 @@ differentiating in eval mode, and double backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -195,7 +195,68 @@ def _scale_shift(
 def _bn_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     """``relu(x·scale + shift)`` in ``x``'s dtype (a low-precision ``x`` is computed in
     float32 per element and rounded once; only ``scale`` and ``shift`` are rounded first)."""
+    if _COMPILED:
+        return _compiled("bn_relu", _bn_relu_pointwise)(x, scale, shift)
     return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out).relu_()
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+# Between its matrix products the block runs chains of elementwise ops over the same rows
+# (BN→ReLU; ReLU mask → two sums → scaled add): each op one pass over memory, and in
+# eager mode each its own OpenMP region. torch.compile fuses each chain into one loop.
+_COMPILED = False
+_KERNELS: dict[str, Callable] = {}
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Run the block's elementwise chains as torch.compile'd kernels (process-wide).
+
+    Faster where inductor generates code for the device (a C++ compiler on the CPU, Triton
+    on CUDA); the first call of each chain compiles it (seconds; cached in
+    ``TORCHINDUCTOR_CACHE_DIR``). The numbers stay within float rounding of the eager ops:
+    the kernels compute in float32 (float64 for float64 input) and round once."""
+    global _COMPILED
+    _COMPILED = bool(enabled)
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether :func:`use_compiled_kernels` is on."""
+    return _COMPILED
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    if name not in _KERNELS:
+        _KERNELS[name] = torch.compile(fn, dynamic=True)
+    return _KERNELS[name]
+
+
+def _bn_relu_pointwise(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return (x.to(scale.dtype) * scale + shift).relu().to(x.dtype)
+
+
+def _input_grad_pointwise(
+    gz: Tensor, z: Tensor, x: Tensor, mean: Tensor, scale: Tensor, gx: Tensor
+) -> tuple[Tensor, Tensor]:
+    """ReLU's mask on ``gz``, then ``gx += gz·scale``; returns Σ gz and Σ gz·(x − mean)."""
+    g = torch.where(z > 0, gz.to(scale.dtype), 0.0)
+    gx.add_((g * scale).to(gx.dtype))
+    return g.sum(0), (g * (x.to(scale.dtype) - mean)).sum(0)
+
+
+def _input_grad(
+    gz: Tensor, z: Tensor, x: Tensor, mean: Tensor, scale: Tensor, gx: Tensor, sums, scratch
+) -> None:
+    """ReLU and BatchNorm backward's per-element part for rows of one layer's input: adds
+    ``mask·gz·scale`` to ``gx`` and Σ, Σ·(x − mean) of ``mask·gz`` to ``sums`` (overwrites
+    ``gz`` and ``scratch``)."""
+    if _COMPILED:
+        s_g, s_gx = _compiled("input_grad", _input_grad_pointwise)(gz, z, x, mean, scale, gx)
+        sums[0].add_(s_g)
+        sums[1].add_(s_gx)
+        return
+    torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
+    _bn_sums(gz, x, mean, sums[0], sums[1], scratch=scratch)
+    gx.addcmul_(gz, scale.to(gz.dtype))
 
 
 def _low_weights(params: Sequence[Tensor], plan: _Plan) -> list[Tensor]:
@@ -373,20 +434,16 @@ def _backward(ctx, grad_out: Tensor):
                 z = _bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
                 gw1 += torch.mm(gy[r].t(), z)
                 gz = torch.mm(gy[r], w1, out=ws_g[:size].view(-1, c))
-                torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
-                _bn_sums(gz, x[r], mean1, sum_g, sum_gx, scratch=z)
-                gmat[r, :c].addcmul_(gz, scale1.to(gz.dtype))
+                _input_grad(gz, z, x[r], mean1, scale1, gmat[r, :c], (sum_g, sum_gx), z)
             del gy
             g[2] = gw1.view_as(p[2])
         else:
             z = _bn_relu(x, scale1, shift1)
             gz, g[2] = _conv_backward(gnew, _nchw(z, n, h, w), pw[2])
             gz = _matrix(gz)
-            torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
             for r in rows:
                 scratch = ws_z[: (r.stop - r.start) * c].view(-1, c)
-                _bn_sums(gz[r], x[r], mean1, sum_g, sum_gx, scratch)
-            gmat[:, :c].addcmul_(gz, scale1.to(gz.dtype))
+                _input_grad(gz[r], z[r], x[r], mean1, scale1, gmat[r, :c], (sum_g, sum_gx), scratch)
             del z, gz
         # BatchNorm backward: dx = scale·(g − Σg/P − x̂·Σg·x̂/P), x̂ = (x − μ)/σ.
         sum_gxhat = sum_gx * invstd1
