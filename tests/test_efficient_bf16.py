@@ -17,7 +17,7 @@ from torch import nn
 
 from reuse_analysis.models import DenseNet
 from reuse_analysis.models import densenet as densenet_module
-from tests.test_models import _set_fused, _twins, tiny_config
+from tests.test_models import _assert_close, _set_fused, _train_step, _twins, tiny_config
 
 LOW = torch.bfloat16
 # bfloat16 keeps 8 significant bits (relative rounding 2⁻⁹ ≈ 0.002); errors compound over
@@ -140,3 +140,43 @@ def test_bf16_training_follows_the_fp32_loss_curve():
     noise = max(abs(a - b) for a, b in zip(fp32[-8:-4], fp32[-4:], strict=True))
     assert abs(last_bf16 - last_fp32) <= max(noise, 0.05 * first)
     assert max(abs(a - b) for a, b in zip(fp32[:10], bf16[:10], strict=True)) < 0.05 * first
+
+
+@pytest.fixture
+def compiled_kernels():
+    efficient = densenet_module._efficient
+    efficient.use_compiled_kernels(True)
+    yield
+    efficient.use_compiled_kernels(False)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bn_size": 0, "compression": 1.0}], ids=["BC", "plain"])
+def test_compiled_kernels_give_the_eager_numbers(overrides, compiled_kernels, monkeypatch):
+    monkeypatch.setattr(densenet_module._efficient, "_CHUNK_BYTES", 512)
+    fused, plain = _twins(tiny_config(**overrides), channels_last=True)
+    x = torch.randn(3, 3, 12, 12) * 2 + 1
+    out_f, grads_f, gx_f = _train_step(fused, x)
+    out_p, grads_p, gx_p = _train_step(plain, x)
+    assert densenet_module._efficient._KERNELS  # the compiled kernels ran
+    _assert_close(out_f, out_p, "outputs")
+    _assert_close(gx_f, gx_p, "input gradient")
+    for (name, _), a, b in zip(fused.named_parameters(), grads_f, grads_p, strict=True):
+        _assert_close(a, b, f"gradient of {name}")
+
+
+def test_prepare_for_training_compiles_the_fused_kernels_not_the_model():
+    from reuse_analysis.models.fast import prepare_for_training
+
+    efficient = densenet_module._efficient
+    model = DenseNet(tiny_config())
+    try:
+        prepared = prepare_for_training(model, "cpu", channels_last=True, compile=True)
+        assert prepared is model and efficient.compiled_kernels_enabled()
+        assert model.features.conv0.weight.is_contiguous(memory_format=torch.channels_last)
+    finally:
+        efficient.use_compiled_kernels(False)
+    other = prepare_for_training(nn.Linear(2, 2), "cpu", channels_last=False, compile=True)
+    assert isinstance(other, torch._dynamo.eval_frame.OptimizedModule)
+    assert not efficient.compiled_kernels_enabled()
+    plain = prepare_for_training(DenseNet(tiny_config()), "cpu", channels_last=False, compile=False)
+    assert not efficient.compiled_kernels_enabled() and isinstance(plain, DenseNet)

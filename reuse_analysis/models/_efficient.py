@@ -22,12 +22,21 @@ several times. This implementation
   because every layer sees the same ``x`` and ``μ`` for a channel, the ``a, b`` terms are
   summed over layers and applied once per channel, when the channel's gradient is complete.
 
+Under autocast (bfloat16 on the CPU, float16 on CUDA) the block computes as autocast would
+layer by layer: the buffer, its gradient, the matrix products and convolutions in the low
+dtype (AMX / tensor cores), BatchNorm's batch statistics, running statistics, per-channel
+sums and parameter gradients in float32. Elementwise ops never mix dtypes over a whole
+tensor (on the CPU such ops run several times slower than single-dtype ones): per-channel
+vectors are cast instead. With :func:`use_compiled_kernels` the elementwise chains between
+the matrix products run as torch.compile'd kernels, one loop each.
+
 Outputs, parameter gradients and BN running statistics equal the plain implementation's up
-to float rounding. Supported: bottleneck (-B/-BC) and plain layers, any BN momentum (``None``
-= cumulative average), float32/float64, any device. Not supported (:func:`supports` says so
-and the caller uses the plain path): dropout while training, autocast, BatchNorm without
-affine parameters or running statistics, BN layers in a different mode than their layer,
-differentiating in eval mode, and double backward.
+to float rounding (bf16 rounding under autocast). Supported: bottleneck (-B/-BC) and plain
+layers, any BN momentum (``None`` = cumulative average), float32/float64 and autocast, any
+device. Not supported (:func:`supports` says so and the caller uses the plain path):
+dropout while training, BatchNorm without affine parameters or running statistics, BN
+layers in a different mode than their layer, differentiating in eval mode, and double
+backward.
 """
 
 from __future__ import annotations
