@@ -168,6 +168,8 @@ def _var_mean(m: Tensor, stat_dtype: torch.dtype | None = None) -> tuple[Tensor,
     reductions in float32; the results are rounded once) and returned in ``stat_dtype``:
     on the CPU, every elementwise op that mixes dtypes runs several times slower than one
     that does not."""
+    if _COMPILED:
+        return _compiled("var_mean", _var_mean_pointwise)(m, stat_dtype or m.dtype)
     if m.dtype in (torch.bfloat16, torch.float16):
         var, mean = torch.var_mean(m, 0, correction=0)
         return var.to(stat_dtype), mean.to(stat_dtype)
@@ -241,6 +243,16 @@ def _compiled(name: str, fn: Callable) -> Callable:
 
 def _bn_relu_pointwise(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return (x.to(scale.dtype) * scale + shift).relu().to(x.dtype)
+
+
+def _var_mean_pointwise(m: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    m = m.to(dtype)
+    mean = m.mean(0)
+    return (m - mean).square().mean(0), mean
+
+
+def _finish_pointwise(gx: Tensor, x: Tensor, mean: Tensor, coef_x: Tensor, coef_c: Tensor):
+    gx.add_(((x.to(mean.dtype) - mean) * coef_x + coef_c).to(gx.dtype))
 
 
 def _input_grad_pointwise(
@@ -399,6 +411,10 @@ def _backward(ctx, grad_out: Tensor):
     coef_c = torch.zeros_like(means)
 
     def finish(cols: slice) -> None:
+        if _COMPILED:
+            args = (gmat[:, cols], mat[:, cols], means[cols], coef_x[cols], coef_c[cols])
+            _compiled("finish", _finish_pointwise)(*args)
+            return
         low = plan.dtype
         centred = mat[:, cols] - means[cols].to(low)
         gmat[:, cols].addcmul_(centred, coef_x[cols].to(low)).add_(coef_c[cols].to(low))
