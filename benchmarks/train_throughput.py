@@ -4,15 +4,26 @@ One training step = forward, cross-entropy loss, backward and an SGD step (Neste
 0.9, weight decay 1e-4, the paper's recipe) on a batch of random 32×32×3 images with 10
 classes. Variants, measured in one run on the same machine:
 
-* ``ours``: ``create_model("densenet_bc_100")`` with its best settings (fused dense blocks,
-  the default; the model and inputs channels-last);
+* ``ours``: ``create_model("densenet_bc_100")`` (fused dense blocks, the default; the model
+  and inputs channels-last), float32 unless ``--amp``;
 * ``torchvision``: ``torchvision.models.DenseNet(growth_rate=12, block_config=(16, 16, 16),
   num_init_features=24, bn_size=4, num_classes=10)`` with a CIFAR stem (``conv0`` a 3×3
   stride-1 conv; ``norm0``, ``relu0``, ``pool0`` Identity) — the same network as ours;
 * ``torchvision-memeff``: the same with ``memory_efficient=True``;
+* ``torchvision-best``: torchvision at its fastest, whatever ``--amp`` says: autocast (bf16
+  on the CPU, fp16 + GradScaler on CUDA), channels-last and ``torch.compile(model)``;
+* ``ours-best``: ours at its fastest: autocast, channels-last, the fused blocks' compiled
+  elementwise kernels (``_efficient.use_compiled_kernels``);
 * with ``--channels-last`` also both torchvision models channels-last (``…-cl``);
-  ``--variants`` picks any of these and ``ours-memeff`` (``memory_efficient=True``),
-  ``ours-nchw`` (ours in the default layout) and ``ours-unfused`` (ours layer by layer).
+  ``--variants`` adds any of ``ours-memeff`` (``memory_efficient=True``), ``ours-nchw``
+  (ours in the default layout), ``ours-unfused`` (ours layer by layer), ``ours-amp``
+  (autocast, eager kernels), ``ours-model-compile`` (``torch.compile(model)``, which
+  traces the blocks layer by layer) and ``ours-best-memeff``.
+
+Compiled variants compile in their first step (forward and backward), which is timed and
+printed as the compile time but not counted among the steps; the warm-up steps follow. The
+children share one inductor cache (``TORCHINDUCTOR_CACHE_DIR``, default
+``~/.cache/reuse-analysis/inductor``), so later rounds and runs compile from it.
 
 Every variant runs in a fresh child process (``python train_throughput.py --child NAME``),
 so that memory measurements do not mix. Variants alternate order from round to round
@@ -28,8 +39,16 @@ so that memory measurements do not mix. Variants alternate order from round to r
   ``torch.cuda.max_memory_allocated()`` minus the allocation before the first step. The
   median over rounds is reported.
 
-The last line reads ``speedup_vs_torchvision=S peak_vs_memory_efficient=M``: ours' images/s
-÷ torchvision's, and ours' peak ÷ torchvision-memeff's, from this run.
+Roofline: the training FLOPs per image (``FlopCounterMode`` over one forward and backward
+pass of torchvision's model: the network's own arithmetic, without any recomputation) and
+the best of five 2048² matrix products in ours-best's dtype, timed in each ours-best child
+(the peak that process could get under the machine's load at the time): their ratio is an
+images/s ceiling, and ``roofline_fraction`` is ours-best's images/s divided by it.
+
+The last line reads ``speedup_vs_torchvision=S speedup_vs_torchvision_best=B
+peak_vs_memory_efficient=M roofline_fraction=R``: ours-best's images/s ÷ torchvision's
+(float32, default settings) and ÷ torchvision-best's, and ours-best's peak ÷
+torchvision-memeff's, all from this run.
 
 Usage: ``python benchmarks/train_throughput.py [--device cpu|cuda] [--amp] [--channels-last]
 [--steps N] [--warmup N] [--rounds N] [--batch-size N] [--threads N]``.
