@@ -4,15 +4,26 @@ One training step = forward, cross-entropy loss, backward and an SGD step (Neste
 0.9, weight decay 1e-4, the paper's recipe) on a batch of random 32×32×3 images with 10
 classes. Variants, measured in one run on the same machine:
 
-* ``ours``: ``create_model("densenet_bc_100")`` with its best settings (fused dense blocks,
-  the default; the model and inputs channels-last);
+* ``ours``: ``create_model("densenet_bc_100")`` (fused dense blocks, the default; the model
+  and inputs channels-last), float32 unless ``--amp``;
 * ``torchvision``: ``torchvision.models.DenseNet(growth_rate=12, block_config=(16, 16, 16),
   num_init_features=24, bn_size=4, num_classes=10)`` with a CIFAR stem (``conv0`` a 3×3
   stride-1 conv; ``norm0``, ``relu0``, ``pool0`` Identity) — the same network as ours;
 * ``torchvision-memeff``: the same with ``memory_efficient=True``;
+* ``torchvision-best``: torchvision at its fastest, whatever ``--amp`` says: autocast (bf16
+  on the CPU, fp16 + GradScaler on CUDA), channels-last and ``torch.compile(model)``;
+* ``ours-best``: ours at its fastest: autocast, channels-last, the fused blocks' compiled
+  elementwise kernels (``_efficient.use_compiled_kernels``);
 * with ``--channels-last`` also both torchvision models channels-last (``…-cl``);
-  ``--variants`` picks any of these and ``ours-memeff`` (``memory_efficient=True``),
-  ``ours-nchw`` (ours in the default layout) and ``ours-unfused`` (ours layer by layer).
+  ``--variants`` adds any of ``ours-memeff`` (``memory_efficient=True``), ``ours-nchw``
+  (ours in the default layout), ``ours-unfused`` (ours layer by layer), ``ours-amp``
+  (autocast, eager kernels), ``ours-model-compile`` (``torch.compile(model)``, which
+  traces the blocks layer by layer) and ``ours-best-memeff``.
+
+Compiled variants compile in their first step (forward and backward), which is timed and
+printed as the compile time but not counted among the steps; the warm-up steps follow. The
+children share one inductor cache (``TORCHINDUCTOR_CACHE_DIR``, default
+``~/.cache/reuse-analysis/inductor``), so later rounds and runs compile from it.
 
 Every variant runs in a fresh child process (``python train_throughput.py --child NAME``),
 so that memory measurements do not mix. Variants alternate order from round to round
@@ -28,8 +39,16 @@ so that memory measurements do not mix. Variants alternate order from round to r
   ``torch.cuda.max_memory_allocated()`` minus the allocation before the first step. The
   median over rounds is reported.
 
-The last line reads ``speedup_vs_torchvision=S peak_vs_memory_efficient=M``: ours' images/s
-÷ torchvision's, and ours' peak ÷ torchvision-memeff's, from this run.
+Roofline: the training FLOPs per image (``FlopCounterMode`` over one forward and backward
+pass of torchvision's model: the network's own arithmetic, without any recomputation) and
+the best of five 2048² matrix products in ours-best's dtype, timed in each ours-best child
+(the peak that process could get under the machine's load at the time): their ratio is an
+images/s ceiling, and ``roofline_fraction`` is ours-best's images/s divided by it.
+
+The last line reads ``speedup_vs_torchvision=S speedup_vs_torchvision_best=B
+peak_vs_memory_efficient=M roofline_fraction=R``: ours-best's images/s ÷ torchvision's
+(float32, default settings) and ÷ torchvision-best's, and ours-best's peak ÷
+torchvision-memeff's, all from this run.
 
 Usage: ``python benchmarks/train_throughput.py [--device cpu|cuda] [--amp] [--channels-last]
 [--steps N] [--warmup N] [--rounds N] [--batch-size N] [--threads N]``.
@@ -46,19 +65,37 @@ import sys
 import time
 from typing import Any
 
-DEFAULT = ["ours", "torchvision", "torchvision-memeff"]
+DEFAULT = ["ours", "torchvision", "torchvision-memeff", "torchvision-best", "ours-best"]
 CHANNELS_LAST = ["torchvision-cl", "torchvision-memeff-cl"]
-EXTRA = ["ours-memeff", "ours-nchw", "ours-unfused"]
-# variant → (builder, keyword arguments, channels-last)
-SPECS: dict[str, tuple[str, dict[str, Any], bool]] = {
-    "ours": ("ours", {}, True),
-    "ours-memeff": ("ours", {"memory_efficient": True}, True),
-    "ours-nchw": ("ours", {}, False),
-    "ours-unfused": ("ours", {"fused": False}, True),
-    "torchvision": ("torchvision", {}, False),
-    "torchvision-memeff": ("torchvision", {"memory_efficient": True}, False),
-    "torchvision-cl": ("torchvision", {}, True),
-    "torchvision-memeff-cl": ("torchvision", {"memory_efficient": True}, True),
+EXTRA = [
+    "ours-memeff",
+    "ours-nchw",
+    "ours-unfused",
+    "ours-amp",
+    "ours-model-compile",
+    "ours-best-memeff",
+]
+# variant → (builder, keyword arguments, channels-last, autocast, compile). Autocast None
+# follows --amp; True/False is the variant's own setting. Compile: "" none, "model"
+# torch.compile(model), "kernels" the fused block's compiled elementwise kernels
+# (_efficient.use_compiled_kernels).
+SPECS: dict[str, tuple[str, dict[str, Any], bool, bool | None, str]] = {
+    "ours": ("ours", {}, True, None, ""),
+    "ours-memeff": ("ours", {"memory_efficient": True}, True, None, ""),
+    "ours-nchw": ("ours", {}, False, None, ""),
+    "ours-unfused": ("ours", {"fused": False}, True, None, ""),
+    "ours-amp": ("ours", {}, True, True, ""),
+    # torch.compile(model) traces layer by layer: dynamo does not enter the fused block.
+    "ours-model-compile": ("ours", {}, True, True, "model"),
+    # Ours at its fastest: fused blocks in bf16 (fp16 on CUDA) with compiled kernels.
+    "ours-best": ("ours", {}, True, True, "kernels"),
+    "ours-best-memeff": ("ours", {"memory_efficient": True}, True, True, "kernels"),
+    "torchvision": ("torchvision", {}, False, None, ""),
+    "torchvision-memeff": ("torchvision", {"memory_efficient": True}, False, None, ""),
+    "torchvision-cl": ("torchvision", {}, True, None, ""),
+    "torchvision-memeff-cl": ("torchvision", {"memory_efficient": True}, True, None, ""),
+    # torchvision at its fastest: autocast + channels-last + torch.compile.
+    "torchvision-best": ("torchvision", {}, True, True, "model"),
 }
 
 
@@ -69,7 +106,7 @@ def _build(name: str):
 
     from reuse_analysis.models import create_model
 
-    builder, kwargs, _ = SPECS[name]
+    builder, kwargs = SPECS[name][:2]
     kwargs = dict(kwargs)
     if builder == "ours":
         fused = kwargs.pop("fused", True)
@@ -106,10 +143,17 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    channels_last = SPECS[name][2]
+    _, _, channels_last, amp, compiled = SPECS[name]
+    amp = args.amp if amp is None else amp
     model = _build(name).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if compiled == "model":
+        model = torch.compile(model)
+    elif compiled == "kernels":
+        from reuse_analysis.models import _efficient
+
+        _efficient.use_compiled_kernels(True)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
     )
@@ -117,10 +161,10 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -141,6 +185,12 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         base = torch.cuda.memory_allocated()
     else:
         base = rss_bytes()
+    compile_s = None
+    if compiled:  # the first step compiles forward and backward; not a timed step
+        start = time.perf_counter()
+        step()
+        sync()
+        compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
         step()
     sync()
@@ -151,7 +201,49 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         sync()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
-    return {"variant": name, "step_s": times, "peak_bytes": peak - base}
+    return {
+        "variant": name,
+        "step_s": times,
+        "peak_bytes": peak - base,
+        "compile_s": compile_s,
+        "amp": amp,
+        "matmul_gflops": _matmul_gflops(amp_dtype if amp else torch.float32, device),
+    }
+
+
+def _matmul_gflops(dtype, device, size: int = 2048, repeats: int = 5) -> float:
+    """The best of ``repeats`` ``size``² matrix products in ``dtype``, in GFLOP/s: the peak
+    the roofline divides by (on a loaded machine, the peak this process could get)."""
+    import torch
+
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first product warms up the library
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def training_flops_per_image(batch_size: int = 2) -> float:
+    """FLOPs of one training step (forward + backward) of DenseNet-BC-100 per 32×32 image,
+    counted by ``torch.utils.flop_counter.FlopCounterMode`` on torchvision's model (the
+    network itself, without any implementation's recomputation)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _build("torchvision").train()
+    x = torch.randn(batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch_size
 
 
 # ----------------------------------------------------------------------------- parent
@@ -194,7 +286,7 @@ def main() -> None:
         unknown = sorted(set(wanted) - set(SPECS))
         if unknown:
             parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(SPECS)}")
-        names = list(dict.fromkeys(["ours", "torchvision", "torchvision-memeff", *wanted]))
+        names = list(dict.fromkeys([*DEFAULT, *wanted]))
     argv = [
         f"--device={args.device}",
         f"--steps={args.steps}",
@@ -207,12 +299,19 @@ def main() -> None:
 
     from reuse_analysis.modelcard import hardware
 
+    # Compiled variants share one inductor cache: a later round (and run) compiles from it.
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR",
+        os.path.join(os.path.expanduser("~"), ".cache", "reuse-analysis", "inductor"),
+    )
+
     threads = args.threads or torch.get_num_threads()
     print(
         f"DenseNet-BC-100 training step, batch {args.batch_size}, 32×32×3, {args.device}"
         f"{' amp' if args.amp else ''}, {threads} threads, torch {torch.__version__}, "
         f"{hardware()}; {args.rounds} rounds × "
-        f"({args.warmup} warm-up + {args.steps} timed steps) per variant",
+        f"({args.warmup} warm-up + {args.steps} timed steps) per variant; load average "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} at the start",
         file=sys.stderr,
     )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -220,9 +319,10 @@ def main() -> None:
         for name in names if r % 2 == 0 else names[::-1]:
             res = _run_child(name, argv)
             results[name].append(res)
+            compiled = "" if res["compile_s"] is None else f", compile {res['compile_s']:.0f} s"
             print(
                 f"  round {r + 1}: {name:<22} {statistics.median(res['step_s']):6.2f} s/step "
-                f"{res['peak_bytes'] / 2**20:8.0f} MB",
+                f"{res['peak_bytes'] / 2**20:8.0f} MB{compiled}",
                 file=sys.stderr,
             )
 
@@ -241,9 +341,27 @@ def main() -> None:
             f"{name:<22} {speed:7.1f} {fastest:8.2f}-{slowest:<8.2f} {peak / 2**20:14.0f} "
             f"{speed / base_speed:9.2f} {peak / base_peak:15.2f}"
         )
-    speedup = rows["ours"][0] / base_speed
-    peak_ratio = rows["ours"][3] / base_peak
-    print(f"speedup_vs_torchvision={speedup:.2f} peak_vs_memory_efficient={peak_ratio:.2f}")
+    for name in names:
+        compiles = [res["compile_s"] for res in results[name] if res["compile_s"] is not None]
+        if compiles:
+            print(f"{name}: compile s per round {', '.join(f'{c:.0f}' for c in compiles)}")
+    flops = training_flops_per_image()
+    best = results["ours-best"]
+    peak_gflops = statistics.median(res["matmul_gflops"] for res in best)
+    ceiling = peak_gflops * 1e9 / flops
+    dtype = "bf16" if args.device == "cpu" else "fp16"
+    print(
+        f"roofline: {flops / 1e9:.2f} GFLOP per image per training step (FlopCounterMode), "
+        f"{dtype} matmul peak {peak_gflops:.0f} GFLOP/s (2048², median over ours-best's "
+        f"children) → ceiling {ceiling:.0f} images/s"
+    )
+    ours = rows["ours-best"]
+    print(
+        f"speedup_vs_torchvision={ours[0] / base_speed:.2f} "
+        f"speedup_vs_torchvision_best={ours[0] / rows['torchvision-best'][0]:.2f} "
+        f"peak_vs_memory_efficient={ours[3] / base_peak:.2f} "
+        f"roofline_fraction={ours[0] / ceiling:.3f}"
+    )
 
 
 if __name__ == "__main__":

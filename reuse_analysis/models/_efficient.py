@@ -22,17 +22,26 @@ several times. This implementation
   because every layer sees the same ``x`` and ``μ`` for a channel, the ``a, b`` terms are
   summed over layers and applied once per channel, when the channel's gradient is complete.
 
+Under autocast (bfloat16 on the CPU, float16 on CUDA) the block computes as autocast would
+layer by layer: the buffer, its gradient, the matrix products and convolutions in the low
+dtype (AMX / tensor cores), BatchNorm's batch statistics, running statistics, per-channel
+sums and parameter gradients in float32. Elementwise ops never mix dtypes over a whole
+tensor (on the CPU such ops run several times slower than single-dtype ones): per-channel
+vectors are cast instead. With :func:`use_compiled_kernels` the elementwise chains between
+the matrix products run as torch.compile'd kernels, one loop each.
+
 Outputs, parameter gradients and BN running statistics equal the plain implementation's up
-to float rounding. Supported: bottleneck (-B/-BC) and plain layers, any BN momentum (``None``
-= cumulative average), float32/float64, any device. Not supported (:func:`supports` says so
-and the caller uses the plain path): dropout while training, autocast, BatchNorm without
-affine parameters or running statistics, BN layers in a different mode than their layer,
-differentiating in eval mode, and double backward.
+to float rounding (bf16 rounding under autocast). Supported: bottleneck (-B/-BC) and plain
+layers, any BN momentum (``None`` = cumulative average), float32/float64 and autocast, any
+device. Not supported (:func:`supports` says so and the caller uses the plain path):
+dropout while training, BatchNorm without affine parameters or running statistics, BN
+layers in a different mode than their layer, differentiating in eval mode, and double
+backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +54,22 @@ from torch.autograd.function import once_differentiable
 _CHUNK_BYTES = 1 << 20
 
 
+def compute_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype :func:`dense_block` computes in for input ``x``, or None if it cannot.
+
+    Outside autocast: ``x``'s own dtype (float32 or float64). Under autocast on ``x``'s
+    device: autocast's dtype (bfloat16 or float16) for a float32 or low-precision ``x``, as
+    the layer-by-layer path would compute its convolutions."""
+    if torch.is_autocast_enabled(x.device.type):
+        low = torch.get_autocast_dtype(x.device.type)
+        ok = low in (torch.bfloat16, torch.float16) and x.dtype in (torch.float32, low)
+        return low if ok else None
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else None
+
+
 def supports(layers: Sequence[nn.Module], x: Tensor) -> bool:
     """Whether :func:`dense_block` can run ``layers`` (``_DenseLayer``\\ s) on ``x``."""
-    if not layers or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
-        return False
-    if torch.is_autocast_enabled(x.device.type):
+    if not layers or x.dim() != 4 or compute_dtype(x) is None:
         return False
     training = layers[0].training
     if torch.is_grad_enabled() and not training:
@@ -78,6 +98,8 @@ class _Plan:
     growth_rate: int  # k: channels each layer writes
     training: bool  # normalise with batch statistics and update the running ones
     store_bottleneck: bool  # keep each 1×1-conv output for backward instead of recomputing it
+    dtype: torch.dtype  # of the feature buffer, its gradient and every convolution / matmul
+    stat_dtype: torch.dtype  # of batch statistics and per-channel sums (float32 or float64)
 
     @property
     def per_layer(self) -> int:
@@ -92,22 +114,29 @@ def dense_block(x0: Tensor, layers: Sequence[nn.Module], memory_efficient: bool)
     ``memory_efficient`` the bottleneck conv is recomputed in backward instead of stored (one
     more matrix product per layer; ``4k`` channels less memory per layer)."""
     bottleneck = layers[0].bottleneck
+    dtype = compute_dtype(x0)
+    if dtype is None:
+        raise ValueError(f"dense_block cannot compute in {x0.dtype}; check supports() first")
     plan = _Plan(
         norms1=[layer.norm1 for layer in layers],
         norms2=[layer.norm2 for layer in layers] if bottleneck else None,
         growth_rate=(layers[0].conv2 if bottleneck else layers[0].conv1).out_channels,
         training=layers[0].training,
         store_bottleneck=bottleneck and not memory_efficient,
+        dtype=dtype,
+        stat_dtype=torch.promote_types(dtype, torch.float32),
     )
     params: list[Tensor] = []
     for layer in layers:
         params += [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
         if bottleneck:
             params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
-    if torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params)):
-        return _DenseBlockFunction.apply(x0, plan, *params)
-    with torch.no_grad():
-        return _forward(x0, plan, params, save=False)[0]
+    # Casts are explicit inside: autocast would otherwise cast again, and differently.
+    with torch.autocast(x0.device.type, enabled=False):
+        if torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params)):
+            return _DenseBlockFunction.apply(x0, plan, *params)
+        with torch.no_grad():
+            return _forward(x0, plan, params, save=False)[0]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -132,8 +161,18 @@ def scratch_buffer(like: Tensor, widest: int) -> Tensor:
     return like.new_empty(_CHUNK_BYTES // like.element_size() + 64 * widest)
 
 
-def _var_mean(m: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-column biased variance and mean of a ``[pixels, c]`` matrix (two passes)."""
+def _var_mean(m: Tensor, stat_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """Per-column biased variance and mean of a ``[pixels, c]`` matrix (two passes).
+
+    A low-precision ``m`` is reduced in its own dtype (PyTorch accumulates bfloat16/float16
+    reductions in float32; the results are rounded once) and returned in ``stat_dtype``:
+    on the CPU, every elementwise op that mixes dtypes runs several times slower than one
+    that does not."""
+    if _COMPILED:
+        return _compiled("var_mean", _var_mean_pointwise)(m, stat_dtype or m.dtype)
+    if m.dtype in (torch.bfloat16, torch.float16):
+        var, mean = torch.var_mean(m, 0, correction=0)
+        return var.to(stat_dtype), mean.to(stat_dtype)
     mean = m.sum(0).div_(m.shape[0])
     var = (m - mean).square_().sum(0).div_(m.shape[0])
     return var, mean
@@ -165,7 +204,87 @@ def bn_scale_shift(
 
 
 def bn_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    return torch.addcmul(shift, x, scale, out=out).relu_()
+    """``relu(x·scale + shift)`` in ``x``'s dtype (a low-precision ``x`` is computed in
+    float32 per element and rounded once; only ``scale`` and ``shift`` are rounded first)."""
+    if _COMPILED:
+        return _compiled("bn_relu", _bn_relu_pointwise)(x, scale, shift)
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out).relu_()
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+# Between its matrix products the block runs chains of elementwise ops over the same rows
+# (BN→ReLU; ReLU mask → two sums → scaled add): each op one pass over memory, and in
+# eager mode each its own OpenMP region. torch.compile fuses each chain into one loop.
+_COMPILED = False
+_KERNELS: dict[str, Callable] = {}
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Run the block's elementwise chains as torch.compile'd kernels (process-wide).
+
+    Faster where inductor generates code for the device (a C++ compiler on the CPU, Triton
+    on CUDA); the first call of each chain compiles it (seconds; cached in
+    ``TORCHINDUCTOR_CACHE_DIR``). The numbers stay within float rounding of the eager ops:
+    the kernels compute in float32 (float64 for float64 input) and round once."""
+    global _COMPILED
+    _COMPILED = bool(enabled)
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether :func:`use_compiled_kernels` is on."""
+    return _COMPILED
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    if name not in _KERNELS:
+        _KERNELS[name] = torch.compile(fn, dynamic=True)
+    return _KERNELS[name]
+
+
+def _bn_relu_pointwise(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return (x.to(scale.dtype) * scale + shift).relu().to(x.dtype)
+
+
+def _var_mean_pointwise(m: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    m = m.to(dtype)
+    mean = m.mean(0)
+    return (m - mean).square().mean(0), mean
+
+
+def _finish_pointwise(gx: Tensor, x: Tensor, mean: Tensor, coef_x: Tensor, coef_c: Tensor):
+    gx.add_(((x.to(mean.dtype) - mean) * coef_x + coef_c).to(gx.dtype))
+
+
+def _input_grad_pointwise(
+    gz: Tensor, z: Tensor, x: Tensor, mean: Tensor, scale: Tensor, gx: Tensor
+) -> tuple[Tensor, Tensor]:
+    """ReLU's mask on ``gz``, then ``gx += gz·scale``; returns Σ gz and Σ gz·(x − mean)."""
+    g = torch.where(z > 0, gz.to(scale.dtype), 0.0)
+    gx.add_((g * scale).to(gx.dtype))
+    return g.sum(0), (g * (x.to(scale.dtype) - mean)).sum(0)
+
+
+def _input_grad(
+    gz: Tensor, z: Tensor, x: Tensor, mean: Tensor, scale: Tensor, gx: Tensor, sums, scratch
+) -> None:
+    """ReLU and BatchNorm backward's per-element part for rows of one layer's input: adds
+    ``mask·gz·scale`` to ``gx`` and Σ, Σ·(x − mean) of ``mask·gz`` to ``sums`` (overwrites
+    ``gz`` and ``scratch``)."""
+    if _COMPILED:
+        s_g, s_gx = _compiled("input_grad", _input_grad_pointwise)(gz, z, x, mean, scale, gx)
+        sums[0].add_(s_g)
+        sums[1].add_(s_gx)
+        return
+    torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
+    _bn_sums(gz, x, mean, sums[0], sums[1], scratch=scratch)
+    gx.addcmul_(gz, scale.to(gz.dtype))
+
+
+def _low_weights(params: Sequence[Tensor], plan: _Plan) -> list[Tensor]:
+    """``params`` with every convolution weight cast to the compute dtype, as autocast casts
+    them for each convolution; BatchNorm's affine parameters stay as they are."""
+    convs = (2,) if plan.norms2 is None else (2, 5)
+    return [p.to(plan.dtype) if i % plan.per_layer in convs else p for i, p in enumerate(params)]
 
 
 def _conv_backward(g: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,18 +313,20 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
     num_layers = len(plan.norms1)
     width = c0 + k * num_layers
     pixels = n * h * w
-    buf = x0.new_empty(n, h, w, width)
+    params = _low_weights(params, plan)
+    buf = x0.new_empty(n, h, w, width, dtype=plan.dtype)
     mat = buf.view(pixels, width)
     buf[..., :c0].copy_(x0.permute(0, 2, 3, 1))
 
     means = vars_ = None
     if plan.training:
-        means, vars_ = x0.new_empty(width), x0.new_empty(width)
-        vars_[:c0], means[:c0] = _var_mean(mat[:, :c0])
+        means = x0.new_empty(width, dtype=plan.stat_dtype)
+        vars_ = torch.empty_like(means)
+        vars_[:c0], means[:c0] = _var_mean(mat[:, :c0], plan.stat_dtype)
     widest = width - k
     # Scratch for the normalised input: a chunk of rows for a bottleneck layer, all of it
     # for a plain layer's 3×3 conv.
-    ws = scratch_buffer(x0, widest) if plan.norms2 is not None else x0.new_empty(pixels * widest)
+    ws = scratch_buffer(buf, widest) if plan.norms2 is not None else buf.new_empty(pixels * widest)
     saved = []
     for t in range(num_layers):
         p = params[per * t : per * (t + 1)]
@@ -237,7 +358,7 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
         new = as_matrix(out)
         mat[:, c : c + k].copy_(new)
         if plan.training:
-            vars_[c : c + k], means[c : c + k] = _var_mean(new)
+            vars_[c : c + k], means[c : c + k] = _var_mean(new, plan.stat_dtype)
         del out, new
     return buf.permute(0, 3, 1, 2), means, vars_, saved
 
@@ -250,6 +371,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         ctx.plan = plan
         ctx.c0 = x0.shape[1]
         ctx.x0_channels_last = x0.is_contiguous(memory_format=torch.channels_last)
+        ctx.x0_dtype = x0.dtype
         flat = [s for layer in saved for s in layer if s is not None]
         ctx.save_for_backward(out, means, vars_, *params, *flat)
         return out
@@ -257,105 +379,118 @@ class _DenseBlockFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        plan: _Plan = ctx.plan
-        out, means, vars_, *rest = ctx.saved_tensors
-        k, per, c0 = plan.growth_rate, plan.per_layer, ctx.c0
-        num_layers = len(plan.norms1)
-        params = rest[: per * num_layers]
-        extra = iter(rest[per * num_layers :])
-        saved = []
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _backward(ctx, grad_out)
+
+
+def _backward(ctx, grad_out: Tensor):
+    plan: _Plan = ctx.plan
+    out, means, vars_, *rest = ctx.saved_tensors
+    k, per, c0 = plan.growth_rate, plan.per_layer, ctx.c0
+    num_layers = len(plan.norms1)
+    params = rest[: per * num_layers]
+    weights = _low_weights(params, plan)
+    extra = iter(rest[per * num_layers :])
+    saved = []
+    if plan.norms2 is not None:
+        for _ in range(num_layers):
+            mean2, invstd2 = next(extra), next(extra)
+            saved.append((mean2, invstd2, next(extra) if plan.store_bottleneck else None))
+
+    n, width, h, w = out.shape
+    pixels = n * h * w
+    mat = as_matrix(out)
+    # One gradient buffer for the whole block; every layer adds its input gradient to it.
+    # In the compute dtype, as autograd accumulates the layer-by-layer path's gradients.
+    gbuf = grad_out.new_empty(n, h, w, width, dtype=plan.dtype)
+    gbuf.copy_(grad_out.permute(0, 2, 3, 1))
+    gmat = gbuf.view(pixels, width)
+    # BatchNorm backward's per-channel terms, applied once per channel (see module doc):
+    # gradient[:, j] += (x[:, j] − μ_j)·coef_x[j] + coef_c[j].
+    coef_x = torch.zeros_like(means)
+    coef_c = torch.zeros_like(means)
+
+    def finish(cols: slice) -> None:
+        if _COMPILED:
+            args = (gmat[:, cols], mat[:, cols], means[cols], coef_x[cols], coef_c[cols])
+            _compiled("finish", _finish_pointwise)(*args)
+            return
+        low = plan.dtype
+        centred = mat[:, cols] - means[cols].to(low)
+        gmat[:, cols].addcmul_(centred, coef_x[cols].to(low)).add_(coef_c[cols].to(low))
+
+    widest = width - k
+    ws_z, ws_g = scratch_buffer(out, widest), scratch_buffer(out, widest)
+    grads: list[Tensor | None] = [None] * len(params)
+    for t in range(num_layers - 1, -1, -1):
+        p = params[per * t : per * (t + 1)]
+        pw = weights[per * t : per * (t + 1)]  # conv weights in the compute dtype
+        g: list[Tensor | None] = [None] * per
+        c = c0 + k * t
+        finish(slice(c, c + k))  # layers after t, the only readers of x_t, are done
+        gnew = as_nchw(gmat[:, c : c + k], n, h, w)
+        x = mat[:, :c]
+        norm1 = plan.norms1[t]
+        mean1 = means[:c]
+        scale1, shift1, invstd1 = bn_scale_shift(mean1, vars_[:c], norm1.eps, p[0], p[1])
+        sum_g = means.new_zeros(c)
+        sum_gx = means.new_zeros(c)  # Σ g·(x − μ)
+        rows = _chunks(pixels, c, x.element_size())
         if plan.norms2 is not None:
-            for _ in range(num_layers):
-                mean2, invstd2 = next(extra), next(extra)
-                saved.append((mean2, invstd2, next(extra) if plan.store_bottleneck else None))
-
-        n, width, h, w = out.shape
-        pixels = n * h * w
-        mat = as_matrix(out)
-        # One gradient buffer for the whole block; every layer adds its input gradient to it.
-        gbuf = grad_out.new_empty(n, h, w, width)
-        gbuf.copy_(grad_out.permute(0, 2, 3, 1))
-        gmat = gbuf.view(pixels, width)
-        # BatchNorm backward's per-channel terms, applied once per channel (see module doc):
-        # gradient[:, j] += (x[:, j] − μ_j)·coef_x[j] + coef_c[j].
-        coef_x = torch.zeros_like(means)
-        coef_c = torch.zeros_like(means)
-
-        def finish(cols: slice) -> None:
-            centred = mat[:, cols] - means[cols]
-            gmat[:, cols].addcmul_(centred, coef_x[cols]).add_(coef_c[cols])
-
-        widest = width - k
-        ws_z, ws_g = scratch_buffer(out, widest), scratch_buffer(out, widest)
-        grads: list[Tensor | None] = [None] * len(params)
-        for t in range(num_layers - 1, -1, -1):
-            p = params[per * t : per * (t + 1)]
-            g: list[Tensor | None] = [None] * per
-            c = c0 + k * t
-            finish(slice(c, c + k))  # layers after t, the only readers of x_t, are done
-            gnew = as_nchw(gmat[:, c : c + k], n, h, w)
-            x = mat[:, :c]
-            norm1 = plan.norms1[t]
-            mean1 = means[:c]
-            scale1, shift1, invstd1 = bn_scale_shift(mean1, vars_[:c], norm1.eps, p[0], p[1])
-            sum_g = x.new_zeros(c)
-            sum_gx = x.new_zeros(c)  # Σ g·(x − μ)
-            rows = _chunks(pixels, c, x.element_size())
-            if plan.norms2 is not None:
-                norm2 = plan.norms2[t]
-                mean2, invstd2, y = saved[t]
-                w1 = p[2].reshape(p[2].shape[0], c)
-                if y is None:
-                    y = fused_bottleneck(x, scale1, shift1, w1, ws_z)
-                scale2 = p[3] * invstd2
-                a = bn_relu(y, scale2, p[4] - mean2 * scale2)
-                ga, g[5] = _conv_backward(gnew, as_nchw(a, n, h, w), p[5])
-                ga = torch.ops.aten.threshold_backward(ga, as_nchw(a, n, h, w), 0)
-                del a
-                gy, g[3], g[4] = torch.ops.aten.native_batch_norm_backward(
-                    ga, as_nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
-                    True, norm2.eps, [True, True, True],
-                )  # fmt: skip
-                del ga, y
-                gy = as_matrix(gy)
-                gw1 = x.new_zeros(w1.shape)
-                for r in rows:
-                    size = (r.stop - r.start) * c
-                    z = bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
-                    gw1.addmm_(gy[r].t(), z)
-                    gz = torch.mm(gy[r], w1, out=ws_g[:size].view(-1, c))
-                    torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
-                    _bn_sums(gz, x[r], mean1, sum_g, sum_gx, scratch=z)
-                    gmat[r, :c].addcmul_(gz, scale1)
-                del gy
-                g[2] = gw1.view_as(p[2])
-            else:
-                z = bn_relu(x, scale1, shift1)
-                gz, g[2] = _conv_backward(gnew, as_nchw(z, n, h, w), p[2])
-                gz = as_matrix(gz)
-                torch.ops.aten.threshold_backward(gz, z, 0, grad_input=gz)
-                for r in rows:
-                    scratch = ws_z[: (r.stop - r.start) * c].view(-1, c)
-                    _bn_sums(gz[r], x[r], mean1, sum_g, sum_gx, scratch)
-                gmat[:, :c].addcmul_(gz, scale1)
-                del z, gz
-            # BatchNorm backward: dx = scale·(g − Σg/P − x̂·Σg·x̂/P), x̂ = (x − μ)/σ.
-            sum_gxhat = sum_gx * invstd1
-            g[0], g[1] = sum_gxhat, sum_g
-            coef_x[:c] -= scale1 * invstd1 * sum_gxhat / pixels
-            coef_c[:c] -= scale1 * sum_g / pixels
-            grads[per * t : per * (t + 1)] = g
-        finish(slice(0, c0))
-        gx0 = gbuf[..., :c0].permute(0, 3, 1, 2)
-        if not ctx.x0_channels_last:
-            gx0 = gx0.contiguous()
-        return gx0, None, *grads
+            norm2 = plan.norms2[t]
+            mean2, invstd2, y = saved[t]
+            w1 = pw[2].reshape(pw[2].shape[0], c)
+            if y is None:
+                y = fused_bottleneck(x, scale1, shift1, w1, ws_z)
+            scale2 = p[3] * invstd2
+            a = bn_relu(y, scale2, p[4] - mean2 * scale2)
+            ga, g[5] = _conv_backward(gnew, as_nchw(a, n, h, w), pw[5])
+            ga = torch.ops.aten.threshold_backward(ga, as_nchw(a, n, h, w), 0)
+            del a
+            gy, g[3], g[4] = torch.ops.aten.native_batch_norm_backward(
+                ga, as_nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
+                True, norm2.eps, [True, True, True],
+            )  # fmt: skip
+            del ga, y
+            gy = as_matrix(gy)
+            gw1 = p[2].new_zeros(w1.shape)  # summed over chunks in the parameters' dtype
+            for r in rows:
+                size = (r.stop - r.start) * c
+                z = bn_relu(x[r], scale1, shift1, out=ws_z[:size].view(-1, c))
+                gw1 += torch.mm(gy[r].t(), z)
+                gz = torch.mm(gy[r], w1, out=ws_g[:size].view(-1, c))
+                _input_grad(gz, z, x[r], mean1, scale1, gmat[r, :c], (sum_g, sum_gx), z)
+            del gy
+            g[2] = gw1.view_as(p[2])
+        else:
+            z = bn_relu(x, scale1, shift1)
+            gz, g[2] = _conv_backward(gnew, as_nchw(z, n, h, w), pw[2])
+            gz = as_matrix(gz)
+            for r in rows:
+                scratch = ws_z[: (r.stop - r.start) * c].view(-1, c)
+                _input_grad(gz[r], z[r], x[r], mean1, scale1, gmat[r, :c], (sum_g, sum_gx), scratch)
+            del z, gz
+        # BatchNorm backward: dx = scale·(g − Σg/P − x̂·Σg·x̂/P), x̂ = (x − μ)/σ.
+        sum_gxhat = sum_gx * invstd1
+        g[0], g[1] = sum_gxhat, sum_g
+        coef_x[:c] -= scale1 * invstd1 * sum_gxhat / pixels
+        coef_c[:c] -= scale1 * sum_g / pixels
+        grads[per * t : per * (t + 1)] = g
+    finish(slice(0, c0))
+    gx0 = gbuf[..., :c0].permute(0, 3, 1, 2).to(ctx.x0_dtype)
+    if not ctx.x0_channels_last:
+        gx0 = gx0.contiguous()
+    grads = [None if gr is None else gr.to(pr.dtype) for gr, pr in zip(grads, params, strict=True)]
+    return gx0, None, *grads
 
 
 def _bn_sums(
     g: Tensor, x: Tensor, mean: Tensor, sum_g: Tensor, sum_gx: Tensor, scratch: Tensor
 ) -> None:
-    """Add Σ g and Σ g·(x − mean) over the rows of ``g`` and ``x`` (overwrites ``scratch``)."""
+    """Add Σ g and Σ g·(x − mean) over the rows of ``g`` and ``x`` (overwrites ``scratch``).
+
+    The sums over a chunk's rows are taken in ``g``'s dtype (float32 accumulation inside for
+    bfloat16/float16) and added up over chunks in ``sum_g``'s."""
     sum_g += g.sum(0)
-    torch.sub(x, mean, out=scratch).mul_(g)
+    torch.sub(x, mean.to(x.dtype), out=scratch).mul_(g)
     sum_gx += scratch.sum(0)
