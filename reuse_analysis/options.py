@@ -496,6 +496,13 @@ speed_options = stacked(
             help="Recompute bottlenecks in backward to save memory.",
         ),
         click.option(
+            "--compile",
+            is_flag=True,
+            help="Compile what pays: the fused dense blocks' elementwise kernels (this "
+            "project's DenseNets), torch.compile for other models; the first steps compile "
+            "(seconds to minutes, cached in TORCHINDUCTOR_CACHE_DIR).",
+        ),
+        click.option(
             "--checkpoint-minutes",
             type=click.FloatRange(min=0),
             default=10.0,

@@ -78,6 +78,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     channels_last: bool = False
+    compile: bool = False  # compiled kernels (fused DenseNet blocks) or torch.compile
     memory_efficient: bool = False  # recompute bottlenecks in backward: less memory
     snapshot_epochs: tuple[int, ...] = ()  # also keep out-epochN.pt after these epochs
     limit_train: int | None = None  # use a fixed random subset of the training images
@@ -254,7 +255,9 @@ class _Run:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The trained module itself, inside DistributedDataParallel and torch.compile."""
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -438,15 +441,17 @@ def _start(cfg: TrainConfig, init: Callable[[nn.Module], None] | None) -> tuple[
     model, model_config = build_model(cfg, ds)
     if init is not None:
         init(model)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    from reuse_analysis.models.fast import prepare_for_training
+
+    model = prepare_for_training(
+        model, device, channels_last=cfg.channels_last, compile=cfg.compile
+    )
     optimizer = _optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     run = _Run(cfg, ds, model, model_config, optimizer, scaler, device, dist)
     if cfg.resume:
         saved = _load_training_state(run.paths[1], cfg)
-        model.load_state_dict(saved["state_dict"])
+        _unwrap(model).load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])

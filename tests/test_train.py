@@ -402,3 +402,27 @@ def test_resume_from_a_committed_state_in_a_fresh_clone(tmp_path, tiny_npz):
     a, b = _weights(straight), _weights(again)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz):
+    """--amp --compile on a DenseNet: the fused blocks' compiled kernels run (the first
+    steps compile them), the loss falls, and the files hold the plain module's keys."""
+    from reuse_analysis.models import _efficient
+
+    out = tmp_path / "m.pt"
+    try:
+        train(_cfg(tiny_npz, out, epochs=2, amp=True, compile=True, channels_last=True))
+        assert _efficient.compiled_kernels_enabled()
+    finally:
+        _efficient.use_compiled_kernels(False)
+    history = load_checkpoint(out).meta["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    keys = set(_weights(out))
+    assert keys == set(_weights(tmp_path / "m.train.pt")) and not any(
+        "_orig_mod" in k for k in keys
+    )
+    from reuse_analysis.models import create_model
+
+    model = create_model("densenet_bc_100", num_classes=4, **TINY)
+    model.load_state_dict(_weights(out))  # strict: the toolkit's own DenseNet loads it
