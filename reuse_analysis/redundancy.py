@@ -75,6 +75,18 @@ class TransitionRedundancy:
     suggested_compression: float | None  # θ', None without evidence of redundancy
     theta_half_supported: bool | None  # plain DenseNet only: does θ' reach DenseNet-C's 0.5?
 
+    def suggestion(self) -> str:
+        """θ' in words, or why there is none (and, on a plain DenseNet, DenseNet-C's 0.5)."""
+        if self.suggested_compression is None:
+            text = "no suggested θ' (no lower rank than untrained)"
+        else:
+            text = f"suggested θ' ≈ {self.suggested_compression:.2f}"
+        if self.theta_half_supported is not None:
+            text += "; DenseNet-C's θ = 0.5 is " + (
+                "supported" if self.theta_half_supported else "not supported by these weights"
+            )
+        return text
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for key in ("read_in", "transition_conv"):

@@ -357,21 +357,12 @@ def redundancy_page(m: ModelReport) -> Figure:
     ]
     for r in reds:
         i, c = r.read_in, r.transition_conv
-        theta = (
-            f"suggested θ' ≈ {r.suggested_compression:.2f}"
-            if r.suggested_compression is not None
-            else "no suggested θ' (no lower rank than untrained)"
-        )
-        if r.theta_half_supported is not None:
-            theta += "; DenseNet-C's θ = 0.5 is " + (
-                "supported" if r.theta_half_supported else "not supported by these weights"
-            )
         lines.append(
             f"After block {r.transition}: {r.channels} channels (θ = {r.compression:g}); read-in "
             f"rank fraction {i.fraction:.3f} (untrained {i.untrained_mean:.3f} ± "
             f"{i.untrained_sd:.3f}, p = {i.p_value:.3f}); transition conv {c.fraction:.3f} "
             f"(untrained {c.untrained_mean:.3f}); row 0 gets {r.row0_vs_other:.2f}× the weight "
-            f"of the other sources; {theta}"
+            f"of the other sources; {r.suggestion()}"
         )
     y = _lines(fig, lines, size=10)
     width = 0.84 / len(reds)
