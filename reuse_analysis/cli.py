@@ -453,6 +453,33 @@ def _traced_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _head_lines(extra: dict[str, Any], channels: int) -> list[str]:
+    """The head: which Linear is the classifier column, its layers, its real outputs."""
+    positions = extra.get("positions", 1)
+    reads = (
+        f"{extra['in_features']} features = {channels} channels × {positions} positions of "
+        "the flattened map"
+        if positions > 1
+        else f"{extra['in_features']} pooled features"
+    )
+    layers = extra.get("head") or [
+        {"kind": "linear", "in": extra["in_features"], "out": extra["num_classes"]}
+    ]
+    chain = " → ".join(
+        f"Linear {h['in']}→{h['out']}" if h["kind"] == "linear" else f"BatchNorm1d {h['out']}"
+        for h in layers
+    )
+    outputs = (
+        f"{extra['num_classes']} outputs, an embedding ({extra['embedding']})"
+        if extra.get("embedding")
+        else f"{extra['num_classes']} classes"
+    )
+    return [
+        f"      classifier {extra['name']}: reads {reads} (the classifier column)",
+        f"      head            {chain}: {outputs}",
+    ]
+
+
 def _info_text(d: dict[str, Any]) -> str:
     from reuse_analysis.checkpoint import human_count
 
@@ -464,6 +491,9 @@ def _info_text(d: dict[str, Any]) -> str:
         f"  input channels  {d['input_channels'] if d['input_channels'] else 'unknown'}",
         f"  classes         {d['num_classes'] if d['num_classes'] else 'unknown'}",
     ]
+    head = d["blocks"][-1]["extra"] if d["blocks"] else None
+    if head and head["kind"] == "classifier" and head.get("embedding"):
+        lines[-1] = f"  outputs         {d['num_classes']} (an embedding, not classes)"
     for b in d["blocks"]:
         width = b["bottleneck_width"]
         lines.append(
@@ -478,10 +508,7 @@ def _info_text(d: dict[str, Any]) -> str:
                 f"{extra['out_channels']} channels (θ={extra['compression']:g})"
             )
         elif extra:
-            lines.append(
-                f"      classifier {extra['name']}: {extra['in_features']} features → "
-                f"{extra['num_classes']} classes"
-            )
+            lines += _head_lines(extra, b["out_channels"])
     lines += [f"  note: {n}" for n in d["notes"]]
     return "\n".join(lines)
 
@@ -1062,6 +1089,17 @@ def train(**kwargs: Any) -> None:
         click.echo(summary["out"])
 
 
+def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{option} takes numbers separated by commas, not {value!r}"
+        ) from None
+
+
 @cli.command()
 @model_argument
 @click.option(
@@ -1074,6 +1112,15 @@ def train(**kwargs: Any) -> None:
 )
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--mean",
+    callback=lambda ctx, param, value: _floats(value, "--mean"),
+    help="Input normalisation per channel, e.g. 0.5,0.5,0.5 (default: the recorded one, "
+    "else the data set's usual statistics); checked against the batch norms.",
+)
+@click.option(
+    "--std", callback=lambda ctx, param, value: _floats(value, "--std"), help="See --mean."
+)
 @trust_option
 @handles_bad_input
 def evaluate(
@@ -1084,9 +1131,15 @@ def evaluate(
     limit: int | None,
     device: str,
     as_json: bool,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
     trust_pickle: bool,
 ) -> None:
-    """Print MODEL's top-1 accuracy and loss on a data set's test split."""
+    """Print MODEL's top-1 accuracy and loss on a data set's test split.
+
+    A checkpoint not written by `train` is rebuilt from its own tensors; a batch-norm
+    check on the data refuses a rebuild or an input normalisation that does not fit.
+    """
     from reuse_analysis.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
@@ -1097,6 +1150,8 @@ def evaluate(
         limit=limit,
         device=device,
         trust_pickle=trust_pickle,
+        mean=mean,
+        std=std,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))

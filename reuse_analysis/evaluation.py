@@ -16,11 +16,9 @@ def rebuild_model(checkpoint: Any):
     """The nn.Module a checkpoint describes, with its weights loaded (strict)."""
     from reuse_analysis.models import model_from_config
 
-    if checkpoint.config is None:
-        raise ReuseAnalysisError(
-            f"{checkpoint.path} records no model config, so the network cannot be rebuilt; "
-            "evaluate needs a checkpoint written by `reuse-analysis train`"
-        )
+    if checkpoint.config is None or checkpoint.config.get("rebuilt_from_weights"):
+        # Not written by `train`: rebuilt from the checkpoint's own tensors.
+        return _rebuild_from_weights(checkpoint)
     try:
         model = model_from_config(checkpoint.config, arch=checkpoint.arch)
     except (ValueError, TypeError) as exc:
@@ -35,6 +33,18 @@ def rebuild_model(checkpoint: Any):
             f"{checkpoint.path}: weights do not fit the recorded config ({str(exc)[:200]})"
         ) from None
     return model
+
+
+def _rebuild_from_weights(checkpoint: Any):
+    from reuse_analysis.probes import ProbeError, runnable_model
+    from reuse_analysis.structure import infer_structure
+
+    structure = infer_structure(checkpoint.state_dict)
+    try:
+        return runnable_model(checkpoint.state_dict, structure)
+    except ProbeError as exc:
+        message = str(exc).replace("the weights: data-driven metrics need", "evaluate needs")
+        raise ReuseAnalysisError(f"{checkpoint.path}: {message}") from None
 
 
 def check_model_fits_data(
@@ -94,11 +104,33 @@ def evaluate_checkpoint(
     limit: int | None = None,
     device: str = "auto",
     trust_pickle: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one."""
+    """Top-1 accuracy and mean loss of a checkpoint; the data set defaults to the recorded one.
+
+    A checkpoint not written by ``train`` is rebuilt from its tensors and checked on the
+    data (:mod:`reuse_analysis.rebuild`); ``mean``/``std`` replace the input normalisation
+    (default: the recorded one, else the data set's usual statistics)."""
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
-    ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config)
+    config = ckpt.config if ckpt.config is not None else model.config.to_dict()
+    ds = recorded_data(path, ckpt.meta, dataset, data_dir, config)
+    if (mean is None) != (std is None) or (
+        mean is not None
+        and not (len(mean) == len(std) == ds.in_channels and all(s > 0 for s in std))
+    ):
+        raise ReuseAnalysisError(
+            f"--mean and --std need {ds.in_channels} values each (std > 0), given together"
+        )
+    own = ds.mean, ds.std
+    if mean is not None:
+        ds.mean, ds.std = tuple(mean), tuple(std)
+    check = None
+    if hasattr(model, "rebuilt_from"):
+        from reuse_analysis.rebuild import check_on_data
+
+        check = check_on_data(model, ds, ckpt.meta, str(path), given=mean is not None, own=own)
     if ds.test is None:
         raise ReuseAnalysisError(f"{ds.name}: no in-memory test split to evaluate on")
     test = eval_subset(ds.test, limit)
@@ -110,4 +142,5 @@ def evaluate_checkpoint(
         "images": len(test),
         "accuracy": acc,
         "loss": loss,
+        **({"bn_check": check, "mean": list(ds.mean), "std": list(ds.std)} if check else {}),
     }

@@ -99,9 +99,11 @@ def runnable_model(
 ) -> nn.Module:
     """The toolkit's DenseNet holding these weights, in eval mode.
 
-    A checkpoint written by ``train`` rebuilds from its recorded config; any other
-    state_dict must load strictly into the DenseNet that its inferred structure describes
-    (torchvision's key layout). Raises ProbeError otherwise.
+    A checkpoint written by ``train`` rebuilds from its recorded config; a state_dict with
+    torchvision's key layout loads strictly into the DenseNet its inferred structure
+    describes; any other layout is rebuilt from its own tensors
+    (:func:`reuse_analysis.rebuild.rebuild`, checked on data by :func:`load_data`).
+    Raises ProbeError for what cannot be run.
     """
     from reuse_analysis.models import DenseNet
 
@@ -110,7 +112,7 @@ def runnable_model(
         from reuse_analysis.evaluation import rebuild_model
 
         model = rebuild_model(checkpoint)
-        if not isinstance(model, DenseNet):
+        if not isinstance(model, DenseNet) and not hasattr(model, "rebuilt_from"):
             raise ProbeError(
                 f"{where} holds a {checkpoint.arch}, not one of this toolkit's DenseNets; "
                 "the commands that run a model connection by connection (data-driven "
@@ -118,19 +120,23 @@ def runnable_model(
                 "weight still work on it"
             )
         return model.eval()
-    config = config_from_structure(structure, where)
-    model = DenseNet(config)
     try:
+        model = DenseNet(config_from_structure(structure, where))
         model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:160]
+        model.rebuilt_from = {}  # from weights alone: checked on data like any rebuild
+        return model.eval()
+    except (ProbeError, RuntimeError):
+        pass
+    # Any other layout: rebuilt from the checkpoint's own tensors (reuse_analysis.rebuild).
+    from reuse_analysis.rebuild import RebuildError, rebuild
+
+    try:
+        return rebuild(state_dict, structure)
+    except RebuildError as exc:
         raise ProbeError(
-            f"{where}: data-driven metrics need a model the toolkit can run — a checkpoint "
-            "written by `reuse-analysis train`, or a DenseNet state_dict with torchvision's "
-            f"key names — and these weights do not load into one ({first}); weight-only "
-            "metrics (--metric weight / bn-weight) still work"
+            f"{where}: data-driven metrics need a model the toolkit can run, and {exc}; "
+            "weight-only metrics (--metric weight / bn-weight) still work"
         ) from None
-    return model.eval()
 
 
 def config_from_structure(structure: DenseNetStructure, where: str = "the weights") -> Any:
@@ -186,7 +192,12 @@ def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: 
 
     where = str(checkpoint.path) if checkpoint is not None else "the model"
     meta = checkpoint.meta if checkpoint is not None else {}
-    return recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
+    ds = recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
+    if hasattr(model, "rebuilt_from"):
+        from reuse_analysis.rebuild import check_on_data
+
+        check_on_data(model, ds, meta, where)
+    return ds
 
 
 def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
@@ -228,6 +239,10 @@ def _columns(structure: DenseNetStructure) -> list[_Column]:
             targets.append((block.num_layers + 1, "classifier"))
         for target, kind in targets:
             slices = tuple(block.source_slices(target, "oldest-first"))
+            if kind == "classifier" and block.extra.positions > 1:
+                # A head on the flattened map: channel c owns features c·p … c·p+p−1.
+                p = block.extra.positions
+                slices = tuple((src, a * p, b * p) for src, a, b in slices)
             out.append(_Column(block.index, target, kind, slices))
     return out
 
@@ -252,6 +267,11 @@ class _Net:
         self.transitions = [features._modules.get(f"transition{b}") for b in range(1, count + 1)]
         self.norm5 = features.norm5
         self.classifier = model.classifier
+        # A rebuilt head (reuse_analysis.rebuild): the first Linear may read a pooled h×w
+        # map (``positions`` features per channel) and be followed by more layers.
+        self.head_pool = getattr(model, "head_pool", (1, 1))
+        self.positions = self.head_pool[0] * self.head_pool[1]
+        self.head_rest = getattr(model, "head_rest", None) or nn.Identity()
         for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
             if conv.groups != 1:
                 raise ProbeError("grouped first convolutions are not supported")
@@ -281,7 +301,7 @@ class _Net:
         if t is not None:
             parts.append(_first_conv_rows(t.norm, t.conv, rows, 0, (n, h, w), ws))
         else:
-            head = self.pooled(prefix) @ self.classifier.weight[:, :c].t()
+            head = self.pooled(prefix) @ self.classifier.weight[:, : c * self.positions].t()
             if self.classifier.bias is not None:
                 head += self.classifier.bias
             parts.append(head)
@@ -324,8 +344,8 @@ class _Net:
             z = _first_conv_rows(t.norm, t.conv, _matrix(rest), c, (images, h, w), ws)
             z = _nchw(_add_shared_rows(z, shared), images, h, w)
             return self.from_block(b + 1, t.pool(t.drop(z)))
-        own = self.pooled(rest, c) @ self.classifier.weight[:, c:].t()
-        return _add_shared_rows(own, shared)
+        own = self.pooled(rest, c) @ self.classifier.weight[:, c * self.positions :].t()
+        return self.head_rest(_add_shared_rows(own, shared))
 
     def block_outputs(self, x: Tensor) -> list[Tensor]:
         """Every block's output ``[x_0, …, x_L]`` for the images ``x``."""
@@ -346,14 +366,14 @@ class _Net:
     def after_block(self, b: int, out: Tensor) -> Tensor:
         """Logits from block ``b``'s output on (its transition, later blocks, the head)."""
         if self.transitions[b] is None:
-            return self.classifier(self.pooled(out))
+            return self.head_rest(self.classifier(self.pooled(out)))
         return self.from_block(b + 1, self.transitions[b](out))
 
     def pooled(self, out: Tensor, first: int = 0) -> Tensor:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
         scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
         a = _efficient_bn_relu(out, scale[:, None, None], shift[:, None, None])
-        return F.adaptive_avg_pool2d(a, 1).flatten(1)
+        return F.adaptive_avg_pool2d(a, self.head_pool).flatten(1)
 
 
 def _new_channels(layer: nn.Module) -> int:
@@ -443,7 +463,8 @@ def _variant_logits(
     if col.kind == "classifier":
         pooled, w = net.pooled(out), net.classifier.weight
         logits = net.classifier(pooled)
-        return torch.cat([logits - pooled[:, s:e] @ w[:, s:e].t() for _, s, e in sources])
+        cut = torch.cat([logits - pooled[:, s:e] @ w[:, s:e].t() for _, s, e in sources])
+        return net.head_rest(cut)
     if col.kind == "transition":
         t = net.transitions[b]
         a = t.relu(t.norm(out))
