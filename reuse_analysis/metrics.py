@@ -105,9 +105,13 @@ def _check_width(key: str, weight: torch.Tensor, expected: int) -> None:
 
 
 def _usage(
-    state_dict: Mapping[str, torch.Tensor], key: str, norm: str | None, metric: str
+    state_dict: Mapping[str, torch.Tensor],
+    key: str,
+    norm: str | None,
+    metric: str,
+    weight: torch.Tensor | None = None,
 ) -> np.ndarray:
-    usage = channel_usage(state_dict[key])
+    usage = channel_usage(state_dict[key] if weight is None else weight)
     if metric == "bn-weight":
         usage = usage * bn_scale(state_dict, norm, key, len(usage))
     return usage
@@ -134,8 +138,12 @@ def block_rows(
     for target, kind, key, norm in _target_weights(block):
         slices = block.source_slices(target, concat_order)
         weight = state_dict[key]
-        _check_width(key, weight, max(stop for _, _, stop in slices))
-        usage = _usage(state_dict, key, norm, metric)
+        width = max(stop for _, _, stop in slices)
+        if weight.dim() == 2 and weight.shape[1] > width and weight.shape[1] % width == 0:
+            # A classifier on the flattened map: channel c owns features c·p … c·p+p−1.
+            weight = weight.reshape(weight.shape[0], width, -1)
+        _check_width(key, weight, width)
+        usage = _usage(state_dict, key, norm, metric, weight)
         for source, start, stop in slices:
             rows.append((block.index, source, target, kind, float(usage[start:stop].mean())))
     return rows

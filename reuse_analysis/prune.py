@@ -109,9 +109,11 @@ def connection_slice(
         key = b.extra.key
     else:
         raise PruneError(f"block {block} has no target {target}")
+    # A classifier on the flattened map: channel c owns features c·p … c·p+p−1.
+    p = b.extra.positions if isinstance(b.extra, Classifier) and key == b.extra.key else 1
     for s, start, stop in b.source_slices(target, concat_order):
         if s == source:
-            return key, start, stop
+            return key, start * p, stop * p
     raise PruneError(f"target {target} of block {block} reads no source {source}")
 
 
@@ -357,6 +359,7 @@ def prune_checkpoint(
     from reuse_analysis.analysis import load_structure
     from reuse_analysis.checkpoint import save_checkpoint
     from reuse_analysis.probes import ProbeSettings, load_data, runnable_model, state_hash
+    from reuse_analysis.rebuild import model_weights
     from reuse_analysis.train import pick_device
 
     settings = settings or ProbeSettings()
@@ -364,6 +367,7 @@ def prune_checkpoint(
     if finetune_epochs > 0:
         check_finetunable(ckpt)
     model = runnable_model(state_dict, structure, ckpt)
+    state_dict, structure = model_weights(model, state_dict, structure)
     meta = ckpt.meta if ckpt is not None else {}
     ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
     device = pick_device(settings.device)
@@ -477,6 +481,7 @@ def sweep(
     from reuse_analysis._io import write_text_atomic
     from reuse_analysis.analysis import load_structure
     from reuse_analysis.probes import ProbeSettings, load_data, runnable_model, state_hash
+    from reuse_analysis.rebuild import model_weights
     from reuse_analysis.tables import DATA_METRICS, METRICS
     from reuse_analysis.train import pick_device
 
@@ -491,6 +496,7 @@ def sweep(
         check_request(f, scope)
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     model = runnable_model(state_dict, structure, ckpt)
+    state_dict, structure = model_weights(model, state_dict, structure)
     ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
     device = pick_device(settings.device)
     model.to(device)

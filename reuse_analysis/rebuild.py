@@ -560,6 +560,7 @@ def verify(
     alternatives: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
     label: str = "the data's normalisation",
     where: str = "the checkpoint",
+    first_only: bool = False,
 ) -> str:
     """Refuse (RebuildError) a rebuild whose batch norms do not see what they were trained
     on; return a one-line note on what matched otherwise.
@@ -567,6 +568,8 @@ def verify(
     ``images`` is an image split (``.batch(idx, mean, std)``), of which up to 256 fixed
     images are used. When the first batch norm does not fit, each of ``alternatives``
     (``name → (mean, std)``) is tried, and the message names those that fit.
+    ``first_only`` compares the first batch norm alone (the input normalisation): for a
+    pruned checkpoint, whose later norms kept the statistics of the unpruned network.
     """
     from reuse_analysis.train import eval_subset
 
@@ -576,17 +579,23 @@ def verify(
 
     def check(m: Sequence[float], s: Sequence[float]) -> Verdict:
         x = subset.batch(idx, tuple(m), tuple(s)).to(param.device, param.dtype)
-        return Verdict(tuple(norm_fits(model, x)))
+        fits = tuple(norm_fits(model, x))
+        return Verdict(fits[:1] if first_only else fits)
 
     verdict = check(mean, std)
     if not verdict.fits:
         return f"batch-norm check: {where} holds untrained statistics; nothing to compare"
     if verdict.ok:
         worst = max(verdict.fits, key=lambda f: f.mean_shift + f.log_var_ratio)
+        which = (
+            f"the first batch norm ({worst.name}) sees the statistics it was trained on"
+            if first_only
+            else f"all {len(verdict.fits)} batch norms see the statistics they were trained on"
+        )
         return (
-            f"batch-norm check: all {len(verdict.fits)} batch norms see the statistics they "
-            f"were trained on with {label} (worst: {worst.name}, mean shift "
+            f"batch-norm check: {which} with {label} (worst: {worst.name}, mean shift "
             f"{worst.mean_shift:.2f}, variance {math.exp(worst.log_var_ratio):.2f}×)"
+            + ("; later ones keep the unpruned network's statistics" if first_only else "")
         )
     bad = verdict.misfits
     if not verdict.first_fits:
@@ -671,9 +680,35 @@ def check_on_data(
         else next((name for name, pair in candidates.items() if pair == current), "its statistics")
     )
     split = ds.train if ds.train is not None and len(ds.train) else ds.test
-    note = verify(model, split, ds.mean, ds.std, alternatives=candidates, label=label, where=where)
+    note = verify(
+        model,
+        split,
+        ds.mean,
+        ds.std,
+        alternatives=candidates,
+        label=label,
+        where=where,
+        first_only=bool(meta.get("prune")),
+    )
     print(note, file=sys.stderr)
     return note
+
+
+def model_weights(
+    model: nn.Module, state_dict: Mapping[str, Tensor], structure: DenseNetStructure
+) -> tuple[dict[str, Tensor], DenseNetStructure]:
+    """The weights and structure of the model that runs: a rebuild's own (toolkit names,
+    oldest-first channels) where it renamed or permuted the checkpoint's, else unchanged.
+
+    Commands that cut weights and run the model (prune) work in the rebuild's key space, so
+    that a cut slice is the slice the running model reads, and what they save loads again.
+    """
+    from reuse_analysis.structure import infer_structure
+
+    own = {k: v.detach() for k, v in model.state_dict().items()}
+    if not getattr(model, "rebuilt_from", None) or own.keys() == dict(state_dict).keys():
+        return dict(state_dict), structure
+    return own, infer_structure(own)
 
 
 __all__ = [
@@ -687,6 +722,7 @@ __all__ = [
     "check_on_data",
     "detect_concat_order",
     "is_rebuildable",
+    "model_weights",
     "norm_fits",
     "normalisations",
     "rebuild",

@@ -360,3 +360,43 @@ def test_data_driven_metrics_on_an_mlp_head(tmp_path):
     assert float(row.loss_increase.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     taylor = probe_table("taylor", sd, s, None, settings, progress=False)
     assert len(taylor) == len(table) and taylor.taylor_loss_increase.abs().sum() > 0
+
+
+def test_prune_on_a_foreign_checkpoint_saves_a_model_that_evaluates_the_same(foreign, tmp_path):
+    path, npz, ds, model = foreign
+    out_path = tmp_path / "pruned.pt"
+    args = ["prune", str(path), "--metric", "weight", "--fraction", "0.5", "-o", str(out_path)]
+    args += ["--dataset", f"npz:{npz}", "--data-dir", str(tmp_path), "--json"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    record = json.loads(out.stdout)
+    with torch.no_grad():
+        logits = model(ds.test.batch(torch.arange(len(ds.test)), ds.mean, ds.std))
+    original = float((logits.argmax(1) == ds.test.labels).float().mean())
+    assert record["accuracy_before"] == pytest.approx(original)
+    assert record["connections_cut"] > 0
+    again = CliRunner().invoke(
+        cli, ["evaluate", str(out_path), "--dataset", f"npz:{npz}", "--json"]
+    )
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["accuracy"] == pytest.approx(record["accuracy_after"])
+    # the saved weights (the rebuild's, oldest first) hold every cut as zeros
+    from reuse_analysis.prune import connection_slice
+
+    saved = torch.load(out_path, weights_only=True)["state_dict"]
+    structure = infer_structure(saved)
+    cut = record["cut"]
+    for b, src, t in zip(cut["block"], cut["source"], cut["target"], strict=True):
+        key, start, stop = connection_slice(structure, b, src, t)
+        assert saved[key][:, start:stop].abs().sum() == 0
+    assert len(cut["block"]) == record["connections_cut"] > 0
+    # half of the classifier column's 4 sources were cut, each 9 features per channel wide
+    last = structure.blocks[-1]
+    head_cuts = [
+        connection_slice(structure, b, src, t)
+        for b, src, t in zip(cut["block"], cut["source"], cut["target"], strict=True)
+        if (b, t) == (last.index, last.num_layers + 1)
+    ]
+    assert len(head_cuts) == 2
+    widths = {stop - start for _, start, stop in head_cuts}
+    assert widths <= {9 * 12, 9 * last.in_channels}
