@@ -129,10 +129,12 @@ def metric_tables(
     for metric in metrics:
         check_metric(metric, "oldest-first")
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
+    from reuse_analysis.rebuild import detect_concat_order
+
+    # The data-driven tables come from a rebuild in the order the statistics show.
+    order = detect_concat_order(state_dict, structure) or "oldest-first"
     tables = {
-        m: reuse_table(state_dict, structure, "oldest-first", m)
-        for m in metrics
-        if m in WEIGHT_METRICS
+        m: reuse_table(state_dict, structure, order, m) for m in metrics if m in WEIGHT_METRICS
     }
     data = [m for m in metrics if m not in WEIGHT_METRICS]
     if data:

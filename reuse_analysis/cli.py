@@ -152,8 +152,33 @@ metric_option = click.option(
     show_default=True,
     help=METRIC_HELP,
 )
+
+
+def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{option} takes numbers separated by commas, not {value!r}"
+        ) from None
+
+
+# --mean/--std: the input normalisation of a model rebuilt from weights alone.
+normalisation_options = [
+    click.option(
+        "--mean",
+        callback=lambda ctx, param, value: _floats(value, "--mean"),
+        help="Input normalisation per channel, e.g. 0.5,0.5,0.5 (default: the recorded one, "
+        "else the data set's usual statistics); checked against the batch norms.",
+    ),
+    click.option(
+        "--std", callback=lambda ctx, param, value: _floats(value, "--std"), help="See --mean."
+    ),
+]
 # Options of the metrics that run the model; a command gets them as one `probe` dict.
-_PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device")
+_PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device", "mean", "std")
 
 
 def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,6 +220,7 @@ def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Images per forward pass (bounds memory).",
         ),
         device_option,
+        *normalisation_options,
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -1089,17 +1115,6 @@ def train(**kwargs: Any) -> None:
         click.echo(summary["out"])
 
 
-def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{option} takes numbers separated by commas, not {value!r}"
-        ) from None
-
-
 @cli.command()
 @model_argument
 @click.option(
@@ -1112,15 +1127,8 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
 )
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option(
-    "--mean",
-    callback=lambda ctx, param, value: _floats(value, "--mean"),
-    help="Input normalisation per channel, e.g. 0.5,0.5,0.5 (default: the recorded one, "
-    "else the data set's usual statistics); checked against the batch norms.",
-)
-@click.option(
-    "--std", callback=lambda ctx, param, value: _floats(value, "--std"), help="See --mean."
-)
+@normalisation_options[0]
+@normalisation_options[1]
 @trust_option
 @handles_bad_input
 def evaluate(

@@ -47,6 +47,24 @@ def _rebuild_from_weights(checkpoint: Any):
         raise ReuseAnalysisError(f"{checkpoint.path}: {message}") from None
 
 
+def override_normalisation(
+    ds: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Replace ``ds``'s input normalisation by --mean/--std when given; return the one it
+    had (the recorded or usual statistics), which the batch-norm check offers as well."""
+    own = tuple(ds.mean), tuple(ds.std)
+    if (mean is None) != (std is None) or (
+        mean is not None
+        and not (len(mean) == len(std) == ds.in_channels and all(s > 0 for s in std))
+    ):
+        raise ReuseAnalysisError(
+            f"--mean and --std need {ds.in_channels} values each (std > 0), given together"
+        )
+    if mean is not None:
+        ds.mean, ds.std = tuple(mean), tuple(std)
+    return own
+
+
 def check_model_fits_data(
     path: str | os.PathLike[str], config: Mapping[str, Any], name: str, ds: Any
 ) -> None:
@@ -116,16 +134,7 @@ def evaluate_checkpoint(
     model = rebuild_model(ckpt)
     config = ckpt.config if ckpt.config is not None else model.config.to_dict()
     ds = recorded_data(path, ckpt.meta, dataset, data_dir, config)
-    if (mean is None) != (std is None) or (
-        mean is not None
-        and not (len(mean) == len(std) == ds.in_channels and all(s > 0 for s in std))
-    ):
-        raise ReuseAnalysisError(
-            f"--mean and --std need {ds.in_channels} values each (std > 0), given together"
-        )
-    own = ds.mean, ds.std
-    if mean is not None:
-        ds.mean, ds.std = tuple(mean), tuple(std)
+    own = override_normalisation(ds, mean, std)
     check = None
     if hasattr(model, "rebuilt_from"):
         from reuse_analysis.rebuild import check_on_data

@@ -84,6 +84,8 @@ class ProbeSettings:
     chunk_size: int = 100  # images per chunk: the unit of progress saved for resuming
     device: str = "auto"  # auto | cpu | cuda | mps
     cache_dir: str | None = None  # None: DATA_DIR/probe-cache; "" turns the cache off
+    mean: tuple[float, ...] | None = None  # input normalisation (None: recorded, else usual)
+    std: tuple[float, ...] | None = None
 
     def cache_path(self) -> Path | None:
         if self.cache_dir == "":
@@ -185,18 +187,28 @@ def state_hash(state_dict: Mapping[str, Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------- the images
-def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: str) -> Any:
+def load_data(
+    model: nn.Module,
+    checkpoint: Any,
+    dataset: str | None,
+    data_dir: str,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Any:
     """The data set the model runs on (default: the one the checkpoint records), with the
-    training statistics, checked against the model's input channels and classes."""
-    from reuse_analysis.evaluation import recorded_data
+    training statistics (or ``mean``/``std``), checked against the model's input channels
+    and classes, and, for a model rebuilt from weights alone, against its batch norms."""
+    from reuse_analysis.evaluation import override_normalisation, recorded_data
 
     where = str(checkpoint.path) if checkpoint is not None else "the model"
     meta = checkpoint.meta if checkpoint is not None else {}
     ds = recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
+    own = override_normalisation(ds, mean, std)
     if hasattr(model, "rebuilt_from"):
         from reuse_analysis.rebuild import check_on_data
 
-        check_on_data(model, ds, meta, where)
+        check_on_data(model, ds, meta, where, given=mean is not None, own=own)
     return ds
 
 
@@ -761,7 +773,9 @@ def probe_inputs(
     if settings.images < 1 or settings.batch_size < 1 or settings.chunk_size < 1:
         raise ProbeError("--images, --batch-size and the chunk size must be positive")
     model = runnable_model(state_dict, structure, checkpoint)
-    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    ds = load_data(
+        model, checkpoint, settings.dataset, settings.data_dir, mean=settings.mean, std=settings.std
+    )
     x, y = probe_images(ds, settings.split, settings.images)
     model.to(pick_device(settings.device))
     data_key = {

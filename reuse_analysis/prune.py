@@ -369,7 +369,9 @@ def prune_checkpoint(
     model = runnable_model(state_dict, structure, ckpt)
     state_dict, structure = model_weights(model, state_dict, structure)
     meta = ckpt.meta if ckpt is not None else {}
-    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
+    ds = load_data(
+        model, ckpt, settings.dataset, settings.data_dir, mean=settings.mean, std=settings.std
+    )
     device = pick_device(settings.device)
     model.to(device)
     table = connection_values(metric, state_dict, structure, ckpt, settings)
@@ -497,7 +499,9 @@ def sweep(
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     model = runnable_model(state_dict, structure, ckpt)
     state_dict, structure = model_weights(model, state_dict, structure)
-    ds = load_data(model, ckpt, settings.dataset, settings.data_dir)
+    ds = load_data(
+        model, ckpt, settings.dataset, settings.data_dir, mean=settings.mean, std=settings.std
+    )
     device = pick_device(settings.device)
     model.to(device)
     evaluate = _evaluator(model, ds, limit, device, settings.batch_size, settings.cache_path())

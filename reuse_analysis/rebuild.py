@@ -647,6 +647,8 @@ def normalisations(
     out["the data set's own statistics"] = (tuple(own[0]), tuple(own[1]))
     if c == 3:
         out["the ImageNet statistics"] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        # kuangliu/pytorch-cifar's widely copied CIFAR statistics (a smaller std).
+        out["pytorch-cifar's statistics"] = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
     out["mean 0.5, std 0.5"] = ((0.5,) * c, (0.5,) * c)
     out["no normalisation (mean 0, std 1)"] = ((0.0,) * c, (1.0,) * c)
     return out

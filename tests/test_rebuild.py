@@ -400,3 +400,20 @@ def test_prune_on_a_foreign_checkpoint_saves_a_model_that_evaluates_the_same(for
     assert len(head_cuts) == 2
     widths = {stop - start for _, start, stop in head_cuts}
     assert widths <= {9 * 12, 9 * last.in_channels}
+
+
+def test_agreement_on_a_newest_first_checkpoint_reads_its_weights_in_that_order(foreign, tmp_path):
+    from reuse_analysis.analysis import metric_tables
+    from reuse_analysis.metrics import reuse_table
+
+    path, npz, _, model = foreign
+    settings = ProbeSettings(dataset=f"npz:{npz}", data_dir=str(tmp_path), images=48)
+    tables = metric_tables(path, ["weight", "activation"], probe=settings)
+    sd = model.state_dict()
+    expected = reuse_table(sd, infer_structure(sd), "newest-first")
+    assert tables["weight"].mean_abs_weight.tolist() == expected.mean_abs_weight.tolist()
+    assert len(tables["activation"]) == len(expected)
+    args = ["agreement", str(path), "--dataset", f"npz:{npz}", "--images", "48"]
+    args += ["--data-dir", str(tmp_path), "--json", "-o", str(tmp_path / "agreement.png")]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
