@@ -49,10 +49,8 @@ def _rebuild_from_weights(checkpoint: Any):
 
 def override_normalisation(
     ds: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Replace ``ds``'s input normalisation by --mean/--std when given; return the one it
-    had (the recorded or usual statistics), which the batch-norm check offers as well."""
-    own = tuple(ds.mean), tuple(ds.std)
+) -> None:
+    """Replace ``ds``'s input normalisation by --mean/--std when given (checked)."""
     if (mean is None) != (std is None) or (
         mean is not None
         and not (len(mean) == len(std) == ds.in_channels and all(s > 0 for s in std))
@@ -62,7 +60,6 @@ def override_normalisation(
         )
     if mean is not None:
         ds.mean, ds.std = tuple(mean), tuple(std)
-    return own
 
 
 def check_model_fits_data(
@@ -134,12 +131,12 @@ def evaluate_checkpoint(
     model = rebuild_model(ckpt)
     config = ckpt.config if ckpt.config is not None else model.config.to_dict()
     ds = recorded_data(path, ckpt.meta, dataset, data_dir, config)
-    own = override_normalisation(ds, mean, std)
+    override_normalisation(ds, mean, std)
     check = None
     if hasattr(model, "rebuilt_from"):
         from reuse_analysis.rebuild import check_on_data
 
-        check = check_on_data(model, ds, ckpt.meta, str(path), given=mean is not None, own=own)
+        check = check_on_data(model, ds, ckpt.meta, str(path), given=mean is not None)
     if ds.test is None:
         raise ReuseAnalysisError(f"{ds.name}: no in-memory test split to evaluate on")
     test = eval_subset(ds.test, limit)

@@ -204,11 +204,11 @@ def load_data(
     where = str(checkpoint.path) if checkpoint is not None else "the model"
     meta = checkpoint.meta if checkpoint is not None else {}
     ds = recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
-    own = override_normalisation(ds, mean, std)
+    override_normalisation(ds, mean, std)
     if hasattr(model, "rebuilt_from"):
         from reuse_analysis.rebuild import check_on_data
 
-        check_on_data(model, ds, meta, where, given=mean is not None, own=own)
+        check_on_data(model, ds, meta, where, given=mean is not None)
     return ds
 
 

@@ -563,7 +563,7 @@ def verify(
     first_only: bool = False,
 ) -> str:
     """Refuse (RebuildError) a rebuild whose batch norms do not see what they were trained
-    on; return a one-line note on what matched otherwise.
+    on with this normalisation; return a one-line note on what matched otherwise.
 
     ``images`` is an image split (``.batch(idx, mean, std)``), of which up to 256 fixed
     images are used. When the first batch norm does not fit, each of ``alternatives``
@@ -571,6 +571,26 @@ def verify(
     ``first_only`` compares the first batch norm alone (the input normalisation): for a
     pruned checkpoint, whose later norms kept the statistics of the unpruned network.
     """
+    note, _, _ = choose_normalisation(
+        model, images, [(label, mean, std)], alternatives=alternatives, where=where,
+        first_only=first_only,
+    )  # fmt: skip
+    return note
+
+
+def choose_normalisation(
+    model: nn.Module,
+    images: Any,
+    choices: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    alternatives: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    where: str = "the checkpoint",
+    first_only: bool = False,
+) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    """The first of ``choices`` (``(label, mean, std)``, in order of preference) with which
+    every batch norm fits, with the note that says so; raise RebuildError when none does
+    (naming which of ``alternatives`` would) or when the input fits but a later norm does
+    not (the rebuild itself is wrong)."""
     from reuse_analysis.train import eval_subset
 
     subset = eval_subset(images, 256)
@@ -582,59 +602,71 @@ def verify(
         fits = tuple(norm_fits(model, x))
         return Verdict(fits[:1] if first_only else fits)
 
-    verdict = check(mean, std)
-    if not verdict.fits:
-        return f"batch-norm check: {where} holds untrained statistics; nothing to compare"
-    if verdict.ok:
-        worst = max(verdict.fits, key=lambda f: f.mean_shift + f.log_var_ratio)
-        which = (
-            f"the first batch norm ({worst.name}) sees the statistics it was trained on"
-            if first_only
-            else f"all {len(verdict.fits)} batch norms see the statistics they were trained on"
-        )
-        return (
-            f"batch-norm check: {which} with {label} (worst: {worst.name}, mean shift "
-            f"{worst.mean_shift:.2f}, variance {math.exp(worst.log_var_ratio):.2f}×)"
-            + ("; later ones keep the unpruned network's statistics" if first_only else "")
-        )
-    bad = verdict.misfits
-    if not verdict.first_fits:
-        fitting = [
-            f"{name} (--mean {_csv(m)} --std {_csv(s)})"
-            for name, (m, s) in (alternatives or {}).items()
-            if (tuple(m), tuple(s)) != (tuple(mean), tuple(std)) and check(m, s).first_fits
-        ]
-        advice = (
-            f"with {' or '.join(fitting)} it fits"
-            if fitting
-            else "none of the usual normalisations fits either: pass the one the model "
-            "was trained with as --mean/--std"
-        )
-        raise RebuildError(
-            f"{where}: the input normalisation does not match — with {label} "
-            f"{bad[0].describe()}; {advice}"
-        )
-    raise RebuildError(
-        f"{where}: the rebuilt network does not compute what the original did — "
-        f"{len(bad)} of {len(verdict.fits)} batch norms do not see the statistics they "
-        f"were trained on, first {bad[0].describe()}; the layout was misread (concat "
-        f"order {getattr(model, 'concat_order', 'oldest-first')}), or the data is not "
-        "what the model was trained on"
+    failed: list[tuple[str, NormFit]] = []
+    for label, mean, std in choices:
+        verdict = check(mean, std)
+        if not verdict.fits:
+            note = f"batch-norm check: {where} holds untrained statistics; nothing to compare"
+            return note, tuple(mean), tuple(std)
+        if verdict.ok:
+            return _fit_note(verdict, label, first_only, failed), tuple(mean), tuple(std)
+        bad = verdict.misfits
+        if verdict.first_fits:
+            raise RebuildError(
+                f"{where}: the rebuilt network does not compute what the original did — "
+                f"{len(bad)} of {len(verdict.fits)} batch norms do not see the statistics "
+                f"they were trained on, first {bad[0].describe()}; the layout was misread "
+                f"(concat order {getattr(model, 'concat_order', 'oldest-first')}), or the "
+                "data is not what the model was trained on"
+            )
+        failed.append((label, bad[0]))
+    tried = {(tuple(m), tuple(s)) for _, m, s in choices}
+    fitting = [
+        f"{name} (--mean {_csv(m)} --std {_csv(s)})"
+        for name, (m, s) in (alternatives or {}).items()
+        if (tuple(m), tuple(s)) not in tried and check(m, s).first_fits
+    ]
+    advice = (
+        f"with {' or '.join(fitting)} it fits"
+        if fitting
+        else "none of the usual normalisations fits either: pass the one the model was "
+        "trained with as --mean/--std"
     )
+    (label, bad), *others = failed
+    nor = "".join(f", nor with {other}" for other, _ in others)
+    raise RebuildError(
+        f"{where}: the input normalisation does not match — with {label} "
+        f"{bad.describe()}{nor}; {advice}"
+    )
+
+
+def _fit_note(
+    verdict: Verdict, label: str, first_only: bool, failed: Sequence[tuple[str, NormFit]]
+) -> str:
+    worst = max(verdict.fits, key=lambda f: f.mean_shift + f.log_var_ratio)
+    which = (
+        f"the first batch norm ({worst.name}) sees the statistics it was trained on"
+        if first_only
+        else f"all {len(verdict.fits)} batch norms see the statistics they were trained on"
+    )
+    note = (
+        f"batch-norm check: {which} with {label} (worst: {worst.name}, mean shift "
+        f"{worst.mean_shift:.2f}, variance {math.exp(worst.log_var_ratio):.2f}×)"
+    )
+    if first_only:
+        note += "; later ones keep the unpruned network's statistics"
+    for other, bad in failed:
+        note += f"; with {other} {bad.describe()}, so {label} are used"
+    return note
 
 
 def _csv(values: Sequence[float]) -> str:
     return ",".join(f"{v:.4g}" for v in values)
 
 
-def normalisations(
-    ds: Any,
-    recorded: tuple[Sequence[float], Sequence[float]] | None,
-    own: tuple[Sequence[float], Sequence[float]] | None = None,
-) -> dict:
-    """Candidate input normalisations for the data set ``ds``, by name (``own``: the data
-    set's statistics, default ``ds.mean/std``)."""
-    from reuse_analysis.data import _STATS
+def normalisations(ds: Any, recorded: tuple[Sequence[float], Sequence[float]] | None) -> dict:
+    """Candidate input normalisations for the data set ``ds``, by name."""
+    from reuse_analysis.data import _STATS, ImageData, _stats
 
     c = ds.in_channels
     out: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -643,8 +675,8 @@ def normalisations(
     usual = _STATS.get(ds.name)
     if usual is not None:
         out[f"{ds.name}'s usual statistics"] = usual
-    own = own or (ds.mean, ds.std)
-    out["the data set's own statistics"] = (tuple(own[0]), tuple(own[1]))
+    if isinstance(ds.train, ImageData) and len(ds.train):
+        out["the data set's own statistics"] = _stats(ds.train)
     if c == 3:
         out["the ImageNet statistics"] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         # kuangliu/pytorch-cifar's widely copied CIFAR statistics (a smaller std).
@@ -661,39 +693,44 @@ def check_on_data(
     where: str,
     *,
     given: bool = False,
-    own: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> str:
-    """Verify a model rebuilt from weights on ``ds`` (its normalisation ``ds.mean/std``);
-    print the verdict on stderr and return it; raise RebuildError when it does not fit.
+    """Verify a model rebuilt from weights on ``ds`` and settle its input normalisation:
+    --mean/--std when ``given`` (``ds.mean/std`` hold them), else the recorded statistics,
+    else the data set's usual ones — the first with which the batch norms fit, which
+    ``ds.mean/std`` then hold. Prints the verdict on stderr and returns it; raises
+    RebuildError when the rebuild or every allowed normalisation does not fit.
 
-    ``given``: the normalisation came from --mean/--std (``own``: the data set's own
-    statistics it replaced). The training split is used (what
-    the running statistics were gathered on), the test split when there is none.
+    The training split is used (what the running statistics were gathered on), the test
+    split when there is none.
     """
     import sys
 
     recorded = meta.get("dataset") if isinstance(meta.get("dataset"), Mapping) else {}
     rec = (recorded["mean"], recorded["std"]) if recorded.get("mean") else None
-    candidates = normalisations(ds, rec, own)
-    current = (tuple(ds.mean), tuple(ds.std))
-    label = (
-        "--mean/--std"
-        if given
-        else next((name for name, pair in candidates.items() if pair == current), "its statistics")
-    )
+    candidates = normalisations(ds, rec)
+    if given:
+        choices = [("--mean/--std", tuple(ds.mean), tuple(ds.std))]
+    else:
+        allowed = [name for name in candidates if name.startswith("the recorded")]
+        allowed.append(_usual_name(ds, candidates))
+        choices = [(name, *candidates[name]) for name in allowed]
     split = ds.train if ds.train is not None and len(ds.train) else ds.test
-    note = verify(
-        model,
-        split,
-        ds.mean,
-        ds.std,
-        alternatives=candidates,
-        label=label,
-        where=where,
+    note, mean, std = choose_normalisation(
+        model, split, choices, alternatives=candidates, where=where,
         first_only=bool(meta.get("prune")),
-    )
+    )  # fmt: skip
+    ds.mean, ds.std = mean, std
     print(note, file=sys.stderr)
     return note
+
+
+def _usual_name(ds: Any, candidates: Mapping[str, Any]) -> str:
+    """The candidate that is the data set's usual normalisation (its well-known statistics,
+    else those of its own training images)."""
+    for name in (f"{ds.name}'s usual statistics", "the data set's own statistics"):
+        if name in candidates:
+            return name
+    return "the ImageNet statistics"  # image folders of large images
 
 
 def model_weights(
@@ -722,6 +759,7 @@ __all__ = [
     "RebuiltDenseNet",
     "Verdict",
     "check_on_data",
+    "choose_normalisation",
     "detect_concat_order",
     "is_rebuildable",
     "model_weights",

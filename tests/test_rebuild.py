@@ -417,3 +417,19 @@ def test_agreement_on_a_newest_first_checkpoint_reads_its_weights_in_that_order(
     args += ["--data-dir", str(tmp_path), "--json", "-o", str(tmp_path / "agreement.png")]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
+
+
+def test_a_recorded_normalisation_that_does_not_fit_gives_way_to_the_usual_one(foreign, tmp_path):
+    path, npz, ds, model = foreign
+    wrong = tmp_path / "recorded_wrong.pth"
+    sd = torch.load(path, weights_only=True)["net"]
+    torch.save({"net": sd, "dataset": {"mean": [0.0] * 3, "std": [1.0] * 3}}, wrong)
+    out = CliRunner().invoke(cli, ["evaluate", str(wrong), "--dataset", f"npz:{npz}", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["mean"] == pytest.approx(list(ds.mean))
+    assert "with the recorded statistics" in result["bn_check"]
+    assert "so the data set's own statistics are used" in result["bn_check"]
+    with torch.no_grad():
+        logits = model(ds.test.batch(torch.arange(len(ds.test)), ds.mean, ds.std))
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == ds.test.labels).float().mean())
