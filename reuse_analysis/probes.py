@@ -281,8 +281,10 @@ class _Net:
         self.classifier = model.classifier
         # A rebuilt head (reuse_analysis.rebuild): the first Linear may read a pooled h×w
         # map (``positions`` features per channel) and be followed by more layers.
-        self.head_pool = getattr(model, "head_pool", (1, 1))
-        self.positions = self.head_pool[0] * self.head_pool[1]
+        self.pool_head = getattr(model, "pool_head", None) or (
+            lambda a: F.adaptive_avg_pool2d(a, 1)
+        )
+        self.positions = getattr(model, "head_positions", 1)
         self.head_rest = getattr(model, "head_rest", None) or nn.Identity()
         for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
             if conv.groups != 1:
@@ -385,7 +387,7 @@ class _Net:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
         scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
         a = _efficient_bn_relu(out, scale[:, None, None], shift[:, None, None])
-        return F.adaptive_avg_pool2d(a, self.head_pool).flatten(1)
+        return self.pool_head(a).flatten(1)
 
 
 def _new_channels(layer: nn.Module) -> int:

@@ -102,9 +102,19 @@ class RebuiltDenseNet(nn.Module):
     def head_positions(self) -> int:
         return self.head_pool[0] * self.head_pool[1]
 
+    def pool_head(self, a: Tensor) -> Tensor:
+        """Pool the last block's (normalised, rectified) map to ``head_pool``: as
+        ``avg_pool2d(k)`` with ``k = side // target`` (what public CIFAR code writes, e.g.
+        ``avg_pool2d(out, 4)``), which equals adaptive pooling wherever the side divides."""
+        h, w = a.shape[-2:]
+        th, tw = self.head_pool
+        kh, kw = max(1, h // th), max(1, w // tw)
+        if (h // kh, w // kw) == (th, tw):
+            return F.avg_pool2d(a, (kh, kw))
+        return F.adaptive_avg_pool2d(a, self.head_pool)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.features(x))
-        out = F.adaptive_avg_pool2d(out, self.head_pool)
+        out = self.pool_head(F.relu(self.features(x)))
         return self.head_rest(self.classifier(torch.flatten(out, 1)))
 
 

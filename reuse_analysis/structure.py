@@ -200,7 +200,9 @@ class DenseNetStructure:
     def depth(self) -> int:
         """Paper-style depth L: weighted layers on the main path (convs, transitions, fc)."""
         convs = sum(len(layer.convs) for b in self.blocks for layer in b.layers)
-        return len(self.stem) + convs + len(self.transitions) + (self.classifier is not None)
+        head = self.classifier
+        linears = max(1, len(head.linears)) if head is not None else 0
+        return len(self.stem) + convs + len(self.transitions) + linears
 
     def summary(self) -> str:
         """One line, e.g. ``DenseNet-BC, 3 blocks × 16 layers, k=12, θ=0.5``."""
@@ -786,7 +788,11 @@ def estimate_macs(structure: DenseNetStructure, input_size: int | None = None) -
             macs += _conv_macs(block.extra.conv, side)
             side /= 2
         elif isinstance(block.extra, Classifier):
-            macs += block.extra.in_features * block.extra.num_classes
+            head = block.extra
+            layers = head.linears or (
+                HeadLayer(head.key, "linear", head.in_features, head.num_classes),
+            )
+            macs += sum(h.in_features * h.out_features for h in layers)
     return int(macs)
 
 

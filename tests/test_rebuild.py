@@ -95,6 +95,8 @@ def deep_stem_net():
 
 EXTRA = {
     "flattened_head": (FlatHeadNet, (2, 3, 48, 48)),
+    # 56 pixels leave a 14×14 map: avg_pool2d(4) drops the last two rows and columns
+    "flattened_head_remainder": (FlatHeadNet, (2, 3, 56, 56)),
     "mlp_head": (MLPHeadNet, (2, 3, 32, 32)),
     "imagenet_stem": (
         lambda: torchvision.models.DenseNet(8, (2, 3), 16, bn_size=2, num_classes=6),
