@@ -575,8 +575,8 @@ def verify(
     """Refuse (RebuildError) a rebuild whose batch norms do not see what they were trained
     on with this normalisation; return a one-line note on what matched otherwise.
 
-    ``images`` is an image split (``.batch(idx, mean, std)``), of which up to 256 fixed
-    images are used. When the first batch norm does not fit, each of ``alternatives``
+    ``images`` is an image split (``.batch(idx, mean, std)``), of which a fixed 256 (fewer
+    when they are large) are used. When the first batch norm does not fit, each of ``alternatives``
     (``name → (mean, std)``) is tried, and the message names those that fit.
     ``first_only`` compares the first batch norm alone (the input normalisation): for a
     pruned checkpoint, whose later norms kept the statistics of the unpruned network.
@@ -603,7 +603,7 @@ def choose_normalisation(
     not (the rebuild itself is wrong)."""
     from reuse_analysis.train import eval_subset
 
-    subset = eval_subset(images, 256)
+    subset = eval_subset(images, _check_images(images))
     idx = torch.arange(len(subset))
     param = next(model.parameters())
 
@@ -648,6 +648,16 @@ def choose_normalisation(
         f"{where}: the input normalisation does not match — with {label} "
         f"{bad.describe()}{nor}; {advice}"
     )
+
+
+def _check_images(images: Any) -> int:
+    """How many images the check runs: 256 at 32×32, fewer for larger images (at least 32;
+    a 224-pixel image has 49 times the pixels, each a sample of every channel)."""
+    if hasattr(images, "images"):
+        side = int(images.images.shape[-1]) * int(images.images.shape[-2])
+    else:
+        side = int(getattr(images, "size", 224)) ** 2
+    return max(32, min(256, 256 * 1024 // max(1, side)))
 
 
 def _fit_note(

@@ -236,6 +236,11 @@ def test_info_shows_the_head(tmp_path):
     assert out.exit_code == 0, out.output
     assert "classifier head.0: reads" in out.output and "(the classifier column)" in out.output
     assert "Linear 69→48 → BatchNorm1d 48 → Linear 48→24 → Linear 24→10: 10 classes" in (out.output)
+    path = tmp_path / "flat.pt"
+    torch.save({"net": FlatHeadNet().state_dict()}, path)
+    out = CliRunner().invoke(cli, ["info", str(path)])
+    assert "classifier linear: reads 621 features = 69 channels × 9 positions" in out.output
+    assert "Linear 621→5: 5 classes" in out.output
     path = tmp_path / "emb.pt"
     torch.save(EmbeddingNet().state_dict(), path)
     out = CliRunner().invoke(cli, ["info", str(path)])
