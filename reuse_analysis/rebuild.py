@@ -546,6 +546,7 @@ class Verdict:
     """The batch-norm check of one rebuild on one normalisation of the data."""
 
     fits: tuple[NormFit, ...]
+    augmented: bool = False  # measured on randomly cropped (zero-padded) and flipped images
 
     @property
     def ok(self) -> bool:
@@ -607,10 +608,22 @@ def choose_normalisation(
     idx = torch.arange(len(subset))
     param = next(model.parameters())
 
+    # Models trained with the "+" augmentation (random crops of zero-padded images) keep
+    # running statistics of padded images: a batch of those, as well as a plain one, is
+    # compared, and the batch norms fit when they fit either.
+    augment = [False, True] if hasattr(subset, "images") else [False]
+
     def check(m: Sequence[float], s: Sequence[float]) -> Verdict:
-        x = subset.batch(idx, tuple(m), tuple(s)).to(param.device, param.dtype)
-        fits = tuple(norm_fits(model, x))
-        return Verdict(fits[:1] if first_only else fits)
+        verdicts = []
+        for aug in augment:
+            g = torch.Generator().manual_seed(0)
+            x = subset.batch(idx, tuple(m), tuple(s), augment=aug, generator=g)
+            fits = tuple(norm_fits(model, x.to(param.device, param.dtype)))
+            verdicts.append(Verdict(fits[:1] if first_only else fits, aug))
+        return next(
+            (v for v in verdicts if v.ok),
+            next((v for v in verdicts if v.first_fits), verdicts[0]),
+        )
 
     failed: list[tuple[str, NormFit]] = []
     for label, mean, std in choices:
@@ -669,8 +682,9 @@ def _fit_note(
         if first_only
         else f"all {len(verdict.fits)} batch norms see the statistics they were trained on"
     )
+    on = " on randomly cropped and flipped images" if verdict.augmented else ""
     note = (
-        f"batch-norm check: {which} with {label} (worst: {worst.name}, mean shift "
+        f"batch-norm check: {which} with {label}{on} (worst: {worst.name}, mean shift "
         f"{worst.mean_shift:.2f}, variance {math.exp(worst.log_var_ratio):.2f}×)"
     )
     if first_only:

@@ -440,3 +440,25 @@ def test_a_recorded_normalisation_that_does_not_fit_gives_way_to_the_usual_one(f
     with torch.no_grad():
         logits = model(ds.test.batch(torch.arange(len(ds.test)), ds.mean, ds.std))
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == ds.test.labels).float().mean())
+
+
+def test_statistics_gathered_on_padded_random_crops_fit_on_such_crops():
+    """The "+" augmentation pads with black: the running statistics of a model trained so
+    are those of padded crops, which a plain batch does not match."""
+    from reuse_analysis.data import random_crop_flip
+
+    torch.manual_seed(0)
+    model = ALL["bearpaw"][0]()
+    data = _images(64, (1, 3, 32, 32))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for seed in range(4):
+            crops = random_crop_flip(data.images, torch.Generator().manual_seed(seed))
+            model(normalize(crops, MEAN, STD))
+    model.eval()
+    rebuilt = rebuild(model.state_dict(), infer_structure(model.state_dict()))
+    note = verify(rebuilt, data, MEAN, STD)
+    assert "on randomly cropped and flipped images" in note
