@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.structure import (
-    Classifier,
     ConcatOrder,
     DenseBlock,
     DenseNetStructure,
@@ -469,11 +468,6 @@ def _toolkit_model(mapped: Mapping[str, Tensor], structure: DenseNetStructure) -
     return model
 
 
-def is_rebuildable(structure: DenseNetStructure) -> bool:
-    """Whether the structure has what a rebuild needs: a stem and a head."""
-    return bool(structure.stem) and isinstance(structure.classifier, Classifier)
-
-
 # ----------------------------------------------------------------------------- verification
 @dataclass(frozen=True)
 class NormFit:
@@ -795,7 +789,6 @@ __all__ = [
     "check_on_data",
     "choose_normalisation",
     "detect_concat_order",
-    "is_rebuildable",
     "model_weights",
     "norm_fits",
     "normalisations",
