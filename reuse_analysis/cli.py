@@ -41,6 +41,7 @@ from reuse_analysis.options import (
     metric_option,
     model_argument,
     models_argument,
+    normalisation_options,
     output_option,
     probe_options,
     speed_options,
@@ -646,10 +647,15 @@ def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
 )
 @device_option
 @json_option()
+@normalisation_options
 @trust_option
 @handles_bad_input
 def evaluate(model: Path, limit_test: int | None, as_json: bool, **kwargs: Any) -> None:
-    """Print MODEL's top-1 accuracy and loss on a data set's test split."""
+    """Print MODEL's top-1 accuracy and loss on a data set's test split.
+
+    A checkpoint not written by `train` is rebuilt from its own tensors; a batch-norm check
+    on the data refuses a rebuild or an input normalisation that does not fit.
+    """
     from reuse_analysis.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(model, limit=limit_test, **kwargs)

@@ -213,6 +213,18 @@ def fraction_list(ctx: click.Context, param: click.Parameter, value: str) -> tup
     return fractions
 
 
+def float_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, ...] | None:
+    """Callback: ``0.5,0.5,0.5`` → ``(0.5, 0.5, 0.5)``; None when not given."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        fail(f"--{param.name} takes numbers separated by commas, e.g. 0.5,0.5,0.5, not {value!r}")
+
+
 # ----------------------------------------------------------------------------- options
 model_argument = click.argument(
     "model", type=click.Path(dir_okay=True, path_type=Path), callback=check_exists
@@ -324,8 +336,21 @@ metric_option = click.option(
     "The last three run the model (--dataset, --images).",
 )
 
+#: ``--mean/--std``: the input normalisation of a model rebuilt from weights alone.
+normalisation_options = stacked(
+    [
+        click.option(
+            "--mean",
+            callback=float_list,
+            help="Input normalisation per channel, e.g. 0.5,0.5,0.5 (default: the recorded "
+            "one, else the data set's usual statistics); checked against the batch norms.",
+        ),
+        click.option("--std", callback=float_list, help="See --mean."),
+    ]
+)
+
 # Options of the metrics that run the model; a command gets them as one `probe` dict.
-PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device")
+PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device", "mean", "std")
 
 
 def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -360,6 +385,7 @@ def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         batch_size_option(256, "Images per forward pass (bounds memory)."),
         device_option,
+        normalisation_options,
     ]
     return stacked(options)(wrapper)
 
