@@ -434,6 +434,50 @@ def training_options(epochs: int, lr_help: str) -> Decorator:
     return stacked(options)
 
 
+#: `heatmap`'s options: the figure to write, the concat order and how the figure looks.
+heatmap_options = stacked(
+    [
+        output_option(
+            "Image to write; the extension picks the format (.png, .pdf, .svg). "
+            "Default: reports/MODEL-heatmap.png (MODEL-METRIC-heatmap.png for other metrics)."
+        ),
+        click.option(
+            "--normalize",
+            type=click.Choice(["column", "none", "global"]),
+            default="column",
+            show_default=True,
+            help="column: each target column min–max scaled to [0, 1], as in the paper; "
+            "none: raw average |w|; global: one min–max over all blocks.",
+        ),
+        concat_option,
+        click.option(
+            "--cmap",
+            default=None,
+            help="Matplotlib colour map (default: viridis; jet with --style paper).",
+        ),
+        click.option(
+            "--style",
+            type=click.Choice(["default", "paper"]),
+            default="default",
+            show_default=True,
+            help="paper: Figure 5's look (jet, its ticks, 'Transition layer 1 →' labels).",
+        ),
+        click.option("--title", help="Figure title (default: model, structure, concat order)."),
+        click.option(
+            "--annotate/--no-annotate",
+            default=None,
+            help="Write the value in each cell (default: only when every block is small).",
+        ),
+        click.option(
+            "--dpi",
+            type=click.IntRange(50, 1200),
+            default=150,
+            show_default=True,
+            help="PNG resolution.",
+        ),
+    ]
+)
+
 #: `prune`'s options: which connections to cut and how (or a whole --sweep), the
 #: fine-tuning after the cut, and the test images accuracy is measured on.
 cut_options = stacked(

@@ -148,7 +148,7 @@ def agreement_payload(df: Any) -> dict[str, Any]:
         "model": a["model"],
         "reference": "ablation",
         "data": {k: a[k] for k in ("dataset", "split", "images")},
-        "concat_order": "oldest-first",
+        "concat_order": a.get("concat_order", "oldest-first"),
         "rows": records(df),
     }
 

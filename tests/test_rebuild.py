@@ -426,6 +426,17 @@ def test_agreement_on_a_newest_first_checkpoint_reads_its_weights_in_that_order(
     args += ["--data-dir", str(tmp_path), "--json", "-o", str(tmp_path / "agreement.png")]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["concat_order"] == "newest-first"
+
+
+def test_a_data_driven_metric_refuses_an_order_the_statistics_contradict(foreign, tmp_path):
+    path, npz, _, _ = foreign
+    args = ["table", str(path), "--metric", "ablation", "--dataset", f"npz:{npz}"]
+    args += ["--data-dir", str(tmp_path), "--concat-order", "oldest-first"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 2
+    assert out.stderr.startswith("Error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert "order its batch-norm statistics show (newest-first)" in out.stderr
 
 
 def test_a_recorded_normalisation_that_does_not_fit_gives_way_to_the_usual_one(foreign, tmp_path):
