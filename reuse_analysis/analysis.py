@@ -168,15 +168,21 @@ def load_structure(
     return state_dict, structure, checkpoint
 
 
-def check_metric(metric: str, concat_order: str) -> None:
-    """Raise an input error for an unknown metric, or a concat order a metric cannot honour."""
+def check_metric(metric: str, concat_order: str, detected: str | None = None) -> None:
+    """Raise an input error for an unknown metric, or a concat order a metric cannot honour.
+
+    The data-driven metrics run the model in the order its batch-norm statistics show
+    (``detected``; a file not written by ``train`` is rebuilt and permuted into oldest-first,
+    :mod:`reuse_analysis.rebuild`), oldest-first when they show none: another order is
+    refused for them."""
     if metric not in METRICS:
         raise ReuseAnalysisError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-    if METRICS[metric].data_driven and concat_order not in ("oldest-first", "auto"):
+    runs = detected or "oldest-first"
+    if METRICS[metric].data_driven and concat_order not in (runs, "auto"):
         raise ReuseAnalysisError(
-            f"--metric {metric} runs the toolkit's DenseNet, which concatenates oldest-first, "
-            "but the file is read newest-first (asked for, or detected from its batch-norm "
-            "statistics); newest-first applies to the weight-only metrics (weight, bn-weight)"
+            f"--metric {metric} runs the model in the order its batch-norm statistics show "
+            f"({runs}{'' if detected else ': they show none'}), not {concat_order}; "
+            "another order applies to the weight-only metrics (weight, bn-weight)"
         )
 
 
@@ -207,11 +213,11 @@ def analyze(
     chosen (``concat_order_basis``), the evidence, and a warning when an explicit order
     contradicts the file.
     """
-    check_metric(metric, concat_order)
+    check_metric(metric, "auto")
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
     decision = resolve_concat_order(state_dict, structure, concat_order)
     concat_order = decision.order
-    check_metric(metric, concat_order)
+    check_metric(metric, concat_order, decision.detected)
     name = name or _default_name(source, checkpoint)
     inputs = MetricInputs(state_dict, structure, checkpoint, probe, concat_order=concat_order)
     table = REGISTRY[metric].compute(inputs)
@@ -246,9 +252,13 @@ def metric_tables(
     probe: ProbeSettings | None = None,
     trust_pickle: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Reuse tables of one model under several metrics (concat order oldest-first, the
-    order of the model the data-driven metrics run); data-driven ones share the images."""
+    """Reuse tables of one model under several metrics (concat order: the one the batch-norm
+    statistics show, oldest-first when they show none); data-driven ones share the images."""
     for metric in metrics:
         check_metric(metric, "oldest-first")
     state_dict, structure, checkpoint = load_structure(source, trust_pickle=trust_pickle)
-    return compute_tables(metrics, MetricInputs(state_dict, structure, checkpoint, probe))
+    # The weight tables read the file in the order its statistics show, as the model the
+    # data-driven tables run does (a rebuild permuted into oldest-first): the same connections.
+    order = resolve_concat_order(state_dict, structure).order
+    inputs = MetricInputs(state_dict, structure, checkpoint, probe, concat_order=order)
+    return compute_tables(metrics, inputs)

@@ -33,6 +33,7 @@ from reuse_analysis.options import (
     device_option,
     fail,
     handles_bad_input,
+    heatmap_options,
     input_size_option,
     int_list,
     interrupted_exits,
@@ -41,6 +42,7 @@ from reuse_analysis.options import (
     metric_option,
     model_argument,
     models_argument,
+    normalisation_options,
     output_option,
     probe_options,
     speed_options,
@@ -128,43 +130,7 @@ def cli() -> None:
 
 @cli.command()
 @model_argument
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Image to write; the extension picks the format (.png, .pdf, .svg). "
-    "Default: reports/MODEL-heatmap.png (MODEL-METRIC-heatmap.png for other metrics).",
-)
-@click.option(
-    "--normalize",
-    type=click.Choice(["column", "none", "global"]),
-    default="column",
-    show_default=True,
-    help="column: each target column min–max scaled to [0, 1], as in the paper; "
-    "none: raw average |w|; global: one min–max over all blocks.",
-)
-@concat_option
-@click.option(
-    "--cmap",
-    default=None,
-    help="Matplotlib colour map (default: viridis; jet with --style paper).",
-)
-@click.option(
-    "--style",
-    type=click.Choice(["default", "paper"]),
-    default="default",
-    show_default=True,
-    help="paper: Figure 5's look (jet, its ticks, 'Transition layer 1 →' labels).",
-)
-@click.option("--title", help="Figure title (default: model, structure, concat order).")
-@click.option(
-    "--annotate/--no-annotate",
-    default=None,
-    help="Write the value in each cell (default: only when every block is small).",
-)
-@click.option(
-    "--dpi", type=click.IntRange(50, 1200), default=150, show_default=True, help="PNG resolution."
-)
+@heatmap_options
 @arch_option
 @input_size_option
 @metric_option
@@ -477,7 +443,8 @@ def agreement(
     if as_json:
         click.echo(text.to_json(text.agreement_payload(df)))
     else:
-        click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order oldest-first)")
+        order = df.attrs.get("concat_order", "oldest-first")
+        click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order {order})")
         click.echo(agreement_text(df))
     _note(f"figure: {output}")
 
@@ -646,10 +613,15 @@ def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
 )
 @device_option
 @json_option()
+@normalisation_options
 @trust_option
 @handles_bad_input
 def evaluate(model: Path, limit_test: int | None, as_json: bool, **kwargs: Any) -> None:
-    """Print MODEL's top-1 accuracy and loss on a data set's test split."""
+    """Print MODEL's top-1 accuracy and loss on a data set's test split.
+
+    A checkpoint not written by `train` is rebuilt from its own tensors; a batch-norm check
+    on the data refuses a rebuild or an input normalisation that does not fit.
+    """
     from reuse_analysis.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(model, limit=limit_test, **kwargs)

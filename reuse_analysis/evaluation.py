@@ -16,11 +16,9 @@ def rebuild_model(checkpoint: Any):
     """The nn.Module a checkpoint describes, with its weights loaded (strict)."""
     from reuse_analysis.models import model_from_config
 
-    if checkpoint.config is None:
-        raise ReuseAnalysisError(
-            f"{checkpoint.path} records no model config, so the network cannot be rebuilt; "
-            "evaluate needs a checkpoint written by `reuse-analysis train`"
-        )
+    if checkpoint.config is None or checkpoint.config.get("rebuilt_from_weights"):
+        # Not written by `train`: rebuilt from the checkpoint's own tensors.
+        return _rebuild_from_weights(checkpoint)
     try:
         model = model_from_config(checkpoint.config, arch=checkpoint.arch)
     except (ValueError, TypeError) as exc:
@@ -35,6 +33,33 @@ def rebuild_model(checkpoint: Any):
             f"{checkpoint.path}: weights do not fit the recorded config ({str(exc)[:200]})"
         ) from None
     return model
+
+
+def _rebuild_from_weights(checkpoint: Any):
+    from reuse_analysis.probes import ProbeError, runnable_model
+    from reuse_analysis.structure import infer_structure
+
+    structure = infer_structure(checkpoint.state_dict)
+    try:
+        return runnable_model(checkpoint.state_dict, structure)
+    except ProbeError as exc:
+        message = str(exc).replace("the weights: data-driven metrics need", "evaluate needs")
+        raise ReuseAnalysisError(f"{checkpoint.path}: {message}") from None
+
+
+def override_normalisation(
+    ds: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> None:
+    """Replace ``ds``'s input normalisation by --mean/--std when given (checked)."""
+    if (mean is None) != (std is None) or (
+        mean is not None
+        and not (len(mean) == len(std) == ds.in_channels and all(s > 0 for s in std))
+    ):
+        raise ReuseAnalysisError(
+            f"--mean and --std need {ds.in_channels} values each (std > 0), given together"
+        )
+    if mean is not None:
+        ds.mean, ds.std = tuple(mean), tuple(std)
 
 
 def check_model_fits_data(
@@ -114,14 +139,29 @@ def evaluate_checkpoint(
     device: str = "auto",
     trust_pickle: bool = False,
     checkpoint: Any = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Top-1 accuracy and mean loss of a checkpoint on a test split; the data set defaults
     to the recorded one. ``split`` in the result says which images the test split is.
 
-    ``checkpoint``: the file already loaded (``load_checkpoint(path)``), so it is read once."""
+    ``checkpoint``: the file already loaded (``load_checkpoint(path)``), so it is read once.
+    A checkpoint not written by ``train`` is rebuilt from its tensors and checked on the
+    training images (:mod:`reuse_analysis.rebuild`); ``mean``/``std`` replace the input
+    normalisation (default: the recorded one, else the data set's usual statistics)."""
     ckpt = checkpoint or load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
-    ds = recorded_data(path, ckpt.meta, dataset, data_dir, ckpt.config, splits=("test",))
+    rebuilt = hasattr(model, "rebuilt_from")
+    config = ckpt.config if ckpt.config is not None else model.config.to_dict()
+    # A rebuild is checked on the training images its running statistics came from.
+    splits = SPLITS if rebuilt else ("test",)
+    ds = recorded_data(path, ckpt.meta, dataset, data_dir, config, splits=splits)
+    override_normalisation(ds, mean, std)
+    check = None
+    if rebuilt:
+        from reuse_analysis.rebuild import check_on_data
+
+        check = check_on_data(model, ds, ckpt.meta, str(path), given=mean is not None)
     test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)
@@ -132,4 +172,5 @@ def evaluate_checkpoint(
         "images": len(test),
         "accuracy": acc,
         "loss": loss,
+        **({"bn_check": check, "mean": list(ds.mean), "std": list(ds.std)} if check else {}),
     }

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from reuse_analysis.errors import StructureError
-from reuse_analysis.structure import ConcatOrder, DenseBlock, DenseNetStructure
+from reuse_analysis.structure import ConcatOrder, DenseBlock, DenseNetStructure, Target
 from reuse_analysis.tables import (
     METRICS,
     WEIGHT_METRICS,
@@ -110,11 +110,21 @@ def _no_scale(
 _CHANNEL_SCALES = {"weight": _no_scale, "bn-weight": bn_scale}
 
 
-def _usage(
-    state_dict: Mapping[str, torch.Tensor], key: str, norm: str | None, metric: str
-) -> np.ndarray:
-    usage = channel_usage(state_dict[key])
-    return usage * _CHANNEL_SCALES[metric](state_dict, norm, key, len(usage))
+def _channel_weight(state_dict: Mapping[str, torch.Tensor], target: Target) -> torch.Tensor:
+    """The target's weight with one axis-1 entry per input channel: a classifier on the
+    flattened map, ``[out, C·p]``, becomes ``[out, C, p]`` (channel c owns features
+    c·p … c·p+p−1; ``target.positions`` is p), checked against the structure's width."""
+    key, weight = target.weight_key, state_dict[target.weight_key]
+    width = max(stop for _, _, stop in target.slices)
+    _check_width(key, weight, width * target.positions)
+    if target.positions > 1:
+        weight = weight.reshape(weight.shape[0], width, target.positions)
+    return weight
+
+
+def _usage(state_dict: Mapping[str, torch.Tensor], target: Target, metric: str) -> np.ndarray:
+    usage = channel_usage(_channel_weight(state_dict, target))
+    return usage * _CHANNEL_SCALES[metric](state_dict, target.norm, target.weight_key, len(usage))
 
 
 def _check_metric(metric: str) -> None:
@@ -136,9 +146,7 @@ def block_rows(
     _check_metric(metric)
     rows = []
     for target in block.targets(concat_order):
-        key = target.weight_key
-        _check_width(key, state_dict[key], max(stop for _, _, stop in target.slices))
-        usage = _usage(state_dict, key, target.norm, metric)
+        usage = _usage(state_dict, target, metric)
         for source, start, stop in target.slices:
             value = float(usage[start:stop].mean())
             rows.append((block.index, source, target.index, target.kind, value))
@@ -181,10 +189,9 @@ def input_channel_usage(
     frames = []
     for block in structure.blocks:
         per_layer = []
-        for layer in block.layers:
-            (_, start, stop), *_ = block.source_slices(layer.index, concat_order)
-            usage = _usage(state_dict, layer.first_conv.key, layer.norm, metric)
-            per_layer.append(usage[start:stop])
+        for target in block.targets(concat_order)[: block.num_layers]:
+            start, stop = target.slice_of(0)
+            per_layer.append(_usage(state_dict, target, metric)[start:stop])
         usage = np.mean(per_layer, axis=0)
         frames.append(
             pd.DataFrame({"block": block.index, "channel": np.arange(len(usage)), "usage": usage})

@@ -213,6 +213,18 @@ def fraction_list(ctx: click.Context, param: click.Parameter, value: str) -> tup
     return fractions
 
 
+def float_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, ...] | None:
+    """Callback: ``0.5,0.5,0.5`` → ``(0.5, 0.5, 0.5)``; None when not given."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        fail(f"--{param.name} takes numbers separated by commas, e.g. 0.5,0.5,0.5, not {value!r}")
+
+
 # ----------------------------------------------------------------------------- options
 model_argument = click.argument(
     "model", type=click.Path(dir_okay=True, path_type=Path), callback=check_exists
@@ -324,8 +336,21 @@ metric_option = click.option(
     "The last three run the model (--dataset, --images).",
 )
 
+#: ``--mean/--std``: the input normalisation of a model rebuilt from weights alone.
+normalisation_options = stacked(
+    [
+        click.option(
+            "--mean",
+            callback=float_list,
+            help="Input normalisation per channel, e.g. 0.5,0.5,0.5 (default: the recorded "
+            "one, else the data set's usual statistics); checked against the batch norms.",
+        ),
+        click.option("--std", callback=float_list, help="See --mean."),
+    ]
+)
+
 # Options of the metrics that run the model; a command gets them as one `probe` dict.
-PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device")
+PROBE_KEYS = ("dataset", "data_dir", "images", "split", "batch_size", "device", "mean", "std")
 
 
 def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -360,6 +385,7 @@ def probe_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         batch_size_option(256, "Images per forward pass (bounds memory)."),
         device_option,
+        normalisation_options,
     ]
     return stacked(options)(wrapper)
 
@@ -407,6 +433,50 @@ def training_options(epochs: int, lr_help: str) -> Decorator:
     ]
     return stacked(options)
 
+
+#: `heatmap`'s options: the figure to write, the concat order and how the figure looks.
+heatmap_options = stacked(
+    [
+        output_option(
+            "Image to write; the extension picks the format (.png, .pdf, .svg). "
+            "Default: reports/MODEL-heatmap.png (MODEL-METRIC-heatmap.png for other metrics)."
+        ),
+        click.option(
+            "--normalize",
+            type=click.Choice(["column", "none", "global"]),
+            default="column",
+            show_default=True,
+            help="column: each target column min–max scaled to [0, 1], as in the paper; "
+            "none: raw average |w|; global: one min–max over all blocks.",
+        ),
+        concat_option,
+        click.option(
+            "--cmap",
+            default=None,
+            help="Matplotlib colour map (default: viridis; jet with --style paper).",
+        ),
+        click.option(
+            "--style",
+            type=click.Choice(["default", "paper"]),
+            default="default",
+            show_default=True,
+            help="paper: Figure 5's look (jet, its ticks, 'Transition layer 1 →' labels).",
+        ),
+        click.option("--title", help="Figure title (default: model, structure, concat order)."),
+        click.option(
+            "--annotate/--no-annotate",
+            default=None,
+            help="Write the value in each cell (default: only when every block is small).",
+        ),
+        click.option(
+            "--dpi",
+            type=click.IntRange(50, 1200),
+            default=150,
+            show_default=True,
+            help="PNG resolution.",
+        ),
+    ]
+)
 
 #: `prune`'s options: which connections to cut and how (or a whole --sweep), the
 #: fine-tuning after the cut, and the test images accuracy is measured on.

@@ -89,6 +89,8 @@ class ProbeSettings:
     chunk_size: int = 100  # images per chunk: the unit of progress saved for resuming
     device: str = "auto"  # auto | cpu | cuda | mps
     cache_dir: str | None = None  # None: DATA_DIR/probe-cache; "" turns the cache off
+    mean: tuple[float, ...] | None = None  # input normalisation (None: recorded, else usual)
+    std: tuple[float, ...] | None = None
 
     def cache_path(self) -> Path | None:
         if self.cache_dir == "":
@@ -104,9 +106,11 @@ def runnable_model(
 ) -> nn.Module:
     """The toolkit's DenseNet holding these weights, in eval mode.
 
-    A checkpoint written by ``train`` rebuilds from its recorded config; any other
-    state_dict must load strictly into the DenseNet that its inferred structure describes
-    (torchvision's key layout). Raises ProbeError otherwise.
+    A checkpoint written by ``train`` rebuilds from its recorded config; a state_dict with
+    torchvision's key layout loads strictly into the DenseNet its inferred structure
+    describes (when it concatenates oldest first); any other layout is rebuilt from its own
+    tensors (:func:`reuse_analysis.rebuild.rebuild`, checked on data by :func:`load_data`).
+    Raises ProbeError for what cannot be run.
     """
     from reuse_analysis.models import DenseNet
 
@@ -115,7 +119,7 @@ def runnable_model(
         from reuse_analysis.evaluation import rebuild_model
 
         model = rebuild_model(checkpoint)
-        if not isinstance(model, DenseNet):
+        if not isinstance(model, DenseNet) and not hasattr(model, "rebuilt_from"):
             raise ProbeError(
                 f"{where} holds a {checkpoint.arch}, not one of this toolkit's DenseNets; "
                 "the commands that run a model connection by connection (data-driven "
@@ -123,19 +127,26 @@ def runnable_model(
                 "weight still work on it"
             )
         return model.eval()
-    config = config_from_structure(structure, where)
-    model = DenseNet(config)
+    from reuse_analysis.concat_order import detect_concat_order
+    from reuse_analysis.rebuild import RebuildError, rebuild
+
+    # torchvision's names, concatenated oldest first: the toolkit's DenseNet loads them.
+    if detect_concat_order(state_dict, structure).order == "oldest-first":
+        try:
+            model = DenseNet(config_from_structure(structure, where))
+            model.load_state_dict(dict(state_dict), strict=True)
+            model.rebuilt_from = {}  # from weights alone: checked on data like any rebuild
+            return model.eval()
+        except (ProbeError, RuntimeError):
+            pass
+    # Any other layout: rebuilt from the checkpoint's own tensors (reuse_analysis.rebuild).
     try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:160]
+        return rebuild(state_dict, structure)
+    except RebuildError as exc:
         raise ProbeError(
-            f"{where}: data-driven metrics need a model the toolkit can run — a checkpoint "
-            "written by `reuse-analysis train`, or a DenseNet state_dict with torchvision's "
-            f"key names — and these weights do not load into one ({first}); weight-only "
-            "metrics (--metric weight / bn-weight) still work"
+            f"{where}: data-driven metrics need a model the toolkit can run, and {exc}; "
+            "weight-only metrics (--metric weight / bn-weight) still work"
         ) from None
-    return model.eval()
 
 
 def config_from_structure(structure: DenseNetStructure, where: str = "the weights") -> Any:
@@ -174,14 +185,29 @@ def config_from_structure(structure: DenseNetStructure, where: str = "the weight
 
 
 # ----------------------------------------------------------------------------- the images
-def load_data(model: nn.Module, checkpoint: Any, dataset: str | None, data_dir: str) -> Any:
+def load_data(
+    model: nn.Module,
+    checkpoint: Any,
+    dataset: str | None,
+    data_dir: str,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Any:
     """The data set the model runs on (default: the one the checkpoint records), with the
-    training statistics, checked against the model's input channels and classes."""
-    from reuse_analysis.evaluation import recorded_data
+    training statistics (or ``mean``/``std``), checked against the model's input channels
+    and classes, and, for a model rebuilt from weights alone, against its batch norms."""
+    from reuse_analysis.evaluation import override_normalisation, recorded_data
 
     where = str(checkpoint.path) if checkpoint is not None else "the model"
     meta = checkpoint.meta if checkpoint is not None else {}
-    return recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
+    ds = recorded_data(where, meta, dataset, data_dir, model.config.to_dict())
+    override_normalisation(ds, mean, std)
+    if hasattr(model, "rebuilt_from"):
+        from reuse_analysis.rebuild import check_on_data
+
+        check_on_data(model, ds, meta, where, given=mean is not None)
+    return ds
 
 
 def probe_images(ds: Any, split: str, images: int) -> tuple[Tensor, Tensor]:
@@ -217,6 +243,11 @@ class _Net:
         self.transitions = list(parts.transitions)
         self.norm5 = parts.head_norm
         self.classifier = parts.classifier
+        # The head may pool to an h×w map (``positions`` features per channel, flattened
+        # channel-major) and go on after the classifier's first Linear (an MLP head).
+        self.pool_head = parts.pool
+        self.positions = parts.positions
+        self.head_rest = parts.head_rest
         for conv in [layer.conv1 for b in self.blocks for layer in b.values()]:
             if conv.groups != 1:
                 raise ProbeError("grouped first convolutions are not supported")
@@ -246,7 +277,7 @@ class _Net:
         if t is not None:
             parts.append(_first_conv_rows(t.norm, t.conv, rows, 0, (n, h, w), ws))
         else:
-            head = self.pooled(prefix) @ self.classifier.weight[:, :c].t()
+            head = self.pooled(prefix) @ self.classifier.weight[:, : c * self.positions].t()
             if self.classifier.bias is not None:
                 head += self.classifier.bias
             parts.append(head)
@@ -289,8 +320,8 @@ class _Net:
             z = _first_conv_rows(t.norm, t.conv, as_matrix(rest), c, (images, h, w), ws)
             z = as_nchw(_add_shared_rows(z, shared), images, h, w)
             return self.from_block(b + 1, t.pool(t.drop(z)))
-        own = self.pooled(rest, c) @ self.classifier.weight[:, c:].t()
-        return _add_shared_rows(own, shared)
+        own = self.pooled(rest, c) @ self.classifier.weight[:, c * self.positions :].t()
+        return self.head_rest(_add_shared_rows(own, shared))
 
     def block_outputs(self, x: Tensor) -> list[Tensor]:
         """Every block's output ``[x_0, …, x_L]`` for the images ``x``."""
@@ -311,14 +342,14 @@ class _Net:
     def after_block(self, b: int, out: Tensor) -> Tensor:
         """Logits from block ``b``'s output on (its transition, later blocks, the head)."""
         if self.transitions[b] is None:
-            return self.classifier(self.pooled(out))
+            return self.head_rest(self.classifier(self.pooled(out)))
         return self.from_block(b + 1, self.transitions[b](out))
 
     def pooled(self, out: Tensor, first: int = 0) -> Tensor:
         """The head's pooled features of ``out``, whose channels start at ``first``."""
         scale, shift = _sliced_scale_shift(self.norm5, first, out.shape[1])
         a = bn_relu(out, scale[:, None, None], shift[:, None, None])
-        return F.adaptive_avg_pool2d(a, 1).flatten(1)
+        return self.pool_head(a).flatten(1)
 
 
 def _new_channels(layer: nn.Module) -> int:
@@ -380,7 +411,7 @@ def _activation_chunk(net: _Net, columns: Sequence[Target], x: Tensor) -> dict[s
         b, out = col.block - 1, outs[col.block - 1]
         if col.kind == "classifier":
             pooled, w = net.pooled(out), net.classifier.weight
-            parts = [pooled[:, s:e] @ w[:, s:e].t() for _, s, e in col.slices]
+            parts = [pooled[:, s:e] @ w[:, s:e].t() for _, s, e in col.feature_slices]
         else:
             if col.kind == "layer":
                 layer = net.layers(b)[col.index - 1]
@@ -408,7 +439,8 @@ def _variant_logits(
     if col.kind == "classifier":
         pooled, w = net.pooled(out), net.classifier.weight
         logits = net.classifier(pooled)
-        return torch.cat([logits - pooled[:, s:e] @ w[:, s:e].t() for _, s, e in sources])
+        cut = torch.cat([logits - pooled[:, s:e] @ w[:, s:e].t() for _, s, e in sources])
+        return net.head_rest(cut)
     if col.kind == "transition":
         t = net.transitions[b]
         a = t.relu(t.norm(out))
@@ -447,7 +479,7 @@ def _ablation_column(
         c = net.layers(col.block - 1)[col.index - 1].conv1.in_channels
         shared = net.shared_parts(col.block - 1, out[:, :c], col.index)
     result = []
-    for sources in _groups(col.slices, per_pass):
+    for sources in _groups(col.feature_slices, per_pass):
         logits = _variant_logits(net, col, out, sources, shared)
         v = len(sources)
         losses = loss(logits, y.repeat(v)).view(v, n).double()
@@ -485,7 +517,7 @@ def _taylor_chunk(
     for (key, w), g in zip(weights.items(), grads, strict=True):
         col = next(c for c in columns if c.key == key)
         gw = (g.double() * w.detach().double()).transpose(0, 1).reshape(w.shape[1], -1).sum(1)
-        result[key] = [float(-gw[s:e].sum()) for _, s, e in col.slices]
+        result[key] = [float(-gw[s:e].sum()) for _, s, e in col.feature_slices]
     return result
 
 
@@ -757,7 +789,9 @@ def probe_setup(
 
     settings = settings or ProbeSettings()
     model = runnable_model(state_dict, structure, checkpoint)
-    ds = load_data(model, checkpoint, settings.dataset, settings.data_dir)
+    ds = load_data(
+        model, checkpoint, settings.dataset, settings.data_dir, mean=settings.mean, std=settings.std
+    )
     device = pick_device(settings.device)
     return ProbeSetup(model.to(device), ds, device)
 

@@ -100,10 +100,11 @@ def connection_slice(
     target: int,
     concat_order: str = "oldest-first",
 ) -> tuple[str, int, int]:
-    """``(weight key, start, stop)``: the input channels of target's weight from source."""
+    """``(weight key, start, stop)``: the inputs of target's weight from source (its
+    channels; for a classifier on the flattened map, their features: ``positions`` each)."""
     try:
         column = structure.target(block, target, concat_order)
-        start, stop = column.slice_of(source)
+        start, stop = column.feature_slice_of(source)
     except ValueError as exc:
         raise PruneError(str(exc)) from None
     return column.weight_key, start, stop
@@ -352,12 +353,16 @@ def _prepare(
     ``check(checkpoint)`` runs before anything is built."""
     from reuse_analysis.analysis import load_structure
     from reuse_analysis.probes import ProbeSettings, probe_setup
+    from reuse_analysis.rebuild import model_weights
 
     settings = settings or ProbeSettings()
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     if check is not None:
         check(ckpt)
     setup = probe_setup(state_dict, structure, ckpt, settings)
+    # Cuts, evaluations and the saved file work in the running model's key space (a
+    # rebuild's own names, oldest first), so that a cut slice is the one the model reads.
+    state_dict, structure = model_weights(setup.model, state_dict, structure)
     inputs = MetricInputs(state_dict, structure, ckpt, settings, setup=setup)
     evaluate = _evaluator(
         setup.model, setup.data, limit, setup.device, settings.batch_size, settings.cache_path()

@@ -71,11 +71,14 @@ class Transition:
     conv: Conv
     norm: str | None
     kind: ClassVar[TargetKind] = "transition"
+    positions: ClassVar[int] = 1  # weight inputs per channel (see Classifier.positions)
 
     @property
     def compression(self) -> float:
-        """θ = output channels / input channels (1.0 for plain DenseNet, 0.5 for -C/-BC)."""
-        return self.conv.out_channels / self.conv.in_channels
+        """θ as the model was built (1.0 for plain DenseNet, 0.5 for -C/-BC): the shortest
+        decimal whose floor(θ·in) gives this transition's output width (0.6, not 43/72)."""
+        theta = built_compression([(self.conv.in_channels, self.conv.out_channels)])
+        return theta if theta is not None else self.conv.out_channels / self.conv.in_channels
 
     @property
     def weight_key(self) -> str:
@@ -105,13 +108,43 @@ class Transition:
 
 
 @dataclass(frozen=True)
-class Classifier:
-    """The final linear layer ``[classes, C]``; the extra target column of the last block."""
+class HeadLayer:
+    """One layer of the head after the last block: a Linear, or a 1-D norm between Linears."""
 
-    key: str
-    num_classes: int
+    key: str  # weight key
+    kind: str  # "linear" | "norm"
     in_features: int
+    out_features: int
+
+    @property
+    def name(self) -> str:
+        return self.key.removesuffix(".weight")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "weight": self.key,
+            "in": self.in_features,
+            "out": self.out_features,
+        }
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The head: the first Linear ``[out, C·positions]`` reading the last block's features
+    (the extra target column of the last block), and what follows it."""
+
+    key: str  # weight key of the first Linear that reads the last block's features
+    num_classes: int  # outputs of the whole head (the last Linear's rows)
+    in_features: int  # what the first Linear reads: C (pooled) or C·positions (flattened)
     norm: str | None
+    #: map positions per channel that the first Linear reads: 1 when it reads globally
+    #: pooled features, h·w when it reads the flattened h×w map (channel-major).
+    positions: int = 1
+    #: every layer of the head in forward order, the first Linear included.
+    layers: tuple[HeadLayer, ...] = ()
+    #: why the head is judged to end in an embedding (not class scores); None: class scores.
+    embedding: str | None = None
     kind: ClassVar[TargetKind] = "classifier"
 
     @property
@@ -124,15 +157,23 @@ class Classifier:
 
     @property
     def in_channels(self) -> int:
-        return self.in_features
+        """Channels of the last block's output it reads (``in_features / positions``)."""
+        return self.in_features // self.positions
 
     @property
     def out_channels(self) -> int:
         return self.num_classes
 
+    @property
+    def linears(self) -> tuple[HeadLayer, ...]:
+        """The head's Linears in forward order (the first one alone when none were traced)."""
+        found = tuple(layer for layer in self.layers if layer.kind == "linear")
+        return found or (HeadLayer(self.key, "linear", self.in_features, self.num_classes),)
+
     def macs(self, side: float) -> float:
-        """Multiply–accumulates (after global pooling, so independent of ``side``)."""
-        return self.in_features * self.num_classes
+        """Multiply–accumulates of every Linear of the head (after pooling, so independent
+        of ``side``)."""
+        return sum(h.in_features * h.out_features for h in self.linears)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +182,9 @@ class Classifier:
             "weight": self.key,
             "in_features": self.in_features,
             "num_classes": self.num_classes,
+            "positions": self.positions,
+            "embedding": self.embedding,
+            "head": [h.to_dict() for h in self.layers],
         }
 
 
@@ -162,6 +206,9 @@ class Target:
     in_channels: int  # width of the concatenation it reads
     #: ``(source, start, stop)`` channel ranges, sorted by source (0 = the block input).
     slices: tuple[tuple[int, int, int], ...]
+    #: weight inputs per channel: h·w for a classifier on the flattened h×w map (channel c
+    #: owns features c·p … c·p+p−1), else 1.
+    positions: int = 1
 
     @property
     def key(self) -> str:
@@ -173,12 +220,24 @@ class Target:
         """The slices in the order the channels are concatenated (by start channel)."""
         return tuple(sorted(self.slices, key=lambda s: s[1]))
 
+    @property
+    def feature_slices(self) -> tuple[tuple[int, int, int], ...]:
+        """``slices`` in the weight's input features: the same as ``slices`` except for a
+        classifier on the flattened map, where each channel spans ``positions`` features."""
+        p = self.positions
+        return self.slices if p == 1 else tuple((s, a * p, b * p) for s, a, b in self.slices)
+
     def slice_of(self, source: int) -> tuple[int, int]:
         """``(start, stop)`` of ``source``'s channels; ValueError if it is not read."""
         for s, start, stop in self.slices:
             if s == source:
                 return start, stop
         raise ValueError(f"target {self.index} of block {self.block} reads no source {source}")
+
+    def feature_slice_of(self, source: int) -> tuple[int, int]:
+        """``(start, stop)`` of ``source``'s inputs of the weight (see ``feature_slices``)."""
+        start, stop = self.slice_of(source)
+        return start * self.positions, stop * self.positions
 
 
 @dataclass(frozen=True)
@@ -225,7 +284,7 @@ class DenseBlock:
         assert extra is not None  # source_slices checked the index
         return Target(
             self.index, index, extra.kind, extra.name, extra.weight_key, extra.norm,
-            extra.in_channels, slices,
+            extra.in_channels, slices, extra.positions,
         )  # fmt: skip
 
     def source_slices(
@@ -281,6 +340,11 @@ class DenseNetStructure:
 
     @property
     def compression(self) -> float | None:
+        """The one θ every transition was built with (floor(θ·in) = out for all), or None."""
+        pairs = [(t.conv.in_channels, t.conv.out_channels) for t in self.transitions]
+        theta = built_compression(pairs) if pairs else None
+        if theta is not None:
+            return theta
         thetas = [t.compression for t in self.transitions]
         return thetas[0] if thetas and all(abs(t - thetas[0]) < 0.02 for t in thetas) else None
 
@@ -295,7 +359,9 @@ class DenseNetStructure:
     def depth(self) -> int:
         """Paper-style depth L: weighted layers on the main path (convs, transitions, fc)."""
         convs = sum(len(layer.convs) for b in self.blocks for layer in b.layers)
-        return len(self.stem) + convs + len(self.transitions) + (self.classifier is not None)
+        head = self.classifier
+        linears = len(head.linears) if head is not None else 0
+        return len(self.stem) + convs + len(self.transitions) + linears
 
     def summary(self) -> str:
         """One line, e.g. ``DenseNet-BC, 3 blocks × 16 layers, k=12, θ=0.5``."""
@@ -341,6 +407,25 @@ def _block_dict(block: DenseBlock) -> dict[str, Any]:
         ],
         "extra": extra,
     }
+
+
+def built_compression(widths: Sequence[tuple[int, int]]) -> float | None:
+    """The shortest decimal θ with ``floor(θ·in) == out`` for every ``(in, out)``, or None.
+
+    A transition keeps floor(θ·in) channels, so a file stores only an interval of θ per
+    transition, ``[out/in, (out+1)/in)``; the value the model was built with is, in
+    practice, the shortest decimal in the intersection (0.6 for 72 → 43, not 0.597222).
+    """
+    import math
+
+    lo = max(out / cin for cin, out in widths)
+    hi = min((out + 1) / cin for cin, out in widths)
+    for digits in range(0, 7):
+        scale = 10**digits
+        theta = math.ceil(lo * scale - 1e-9) / scale
+        if theta < hi and all(math.floor(theta * cin) == out for cin, out in widths):
+            return theta
+    return None
 
 
 def source_slices(
@@ -697,7 +782,9 @@ def _classifier(
     blocks: Sequence[DenseBlock],
     used: set[str],
 ) -> Classifier | None:
-    """The linear layer reading the last block's output, and the norm in front of it."""
+    """The head: the first Linear that reads the last block's output (pooled, or the
+    flattened map: ``C·positions`` features), the norm in front of it, and the Linears (with
+    1-D norms between them) that follow it, so an MLP head reports its real outputs."""
     last = blocks[-1]
     owners = [layer.name for b in blocks for layer in b.layers] + [t.name for t in _trans(blocks)]
     width = last.out_channels
@@ -706,13 +793,18 @@ def _classifier(
         for k, v in state_dict.items()
         if k.endswith("weight") and v.dim() == 2 and v.is_floating_point() and k not in used
     ]
-    matching = [k for k in linears if state_dict[k].shape[1] == width]
+    pooled = [k for k in linears if state_dict[k].shape[1] == width]
+    flat = [
+        k for k in linears if state_dict[k].shape[1] > width and state_dict[k].shape[1] % width == 0
+    ]
+    matching = pooled or flat
     if not matching:
         if linears:
             shapes = ", ".join(f"{k} {list(state_dict[k].shape)}" for k in linears[:3])
             raise StructureError(
                 f"the last dense block outputs {width} channels but no linear layer reads "
-                f"that many ({shapes}); the checkpoint's shapes look corrupted"
+                f"that many, nor a flattened map of them ({shapes}); the checkpoint's shapes "
+                "look corrupted"
             )
         return None
     key = min(matching, key=_natural_key)
@@ -727,7 +819,80 @@ def _classifier(
         and not k.startswith(key.removesuffix("weight"))
     ]
     norm = max(norms, key=_natural_key) if norms else None
-    return Classifier(key, state_dict[key].shape[0], width, norm)
+    layers = _head_layers(state_dict, key, [k for k in linears if k != key], inside, norm)
+    return Classifier(
+        key,
+        layers[-1].out_features if layers[-1].kind == "linear" else layers[-2].out_features,
+        state_dict[key].shape[1],
+        norm,
+        positions=state_dict[key].shape[1] // width,
+        layers=tuple(layers),
+        embedding=_embedding_reason(layers),
+    )
+
+
+def _parent(key: str) -> str:
+    return key.removesuffix(".weight").rpartition(".")[0]
+
+
+def _head_layers(
+    state_dict: Mapping[str, torch.Tensor],
+    first: str,
+    others: Sequence[str],
+    inside: tuple[str, ...],
+    norm5: str | None,
+) -> list[HeadLayer]:
+    """The chain of Linears from ``first`` on (each reads the previous one's outputs), with
+    the 1-D batch norms that sit beside them (same parent module) and match their widths."""
+
+    def linear(k: str) -> HeadLayer:
+        out, cin = state_dict[k].shape
+        return HeadLayer(k, "linear", int(cin), int(out))
+
+    def norm_after(k: str, width: int, near: Sequence[str]) -> HeadLayer | None:
+        parents = {_parent(n) for n in near}
+        found = [
+            n
+            for n, v in state_dict.items()
+            if n.endswith(".weight")
+            and v.dim() == 1
+            and v.numel() == width
+            and f"{n.removesuffix('weight')}running_mean" in state_dict
+            and not n.startswith(inside)
+            and n.removesuffix(".weight") != norm5
+            and _parent(n) in parents
+            and _natural_key(n) > _natural_key(k)
+        ]
+        if not found:
+            return None
+        n = min(found, key=_natural_key)
+        return HeadLayer(n, "norm", width, width)
+
+    layers, current, left = [linear(first)], first, list(others)
+    while True:
+        out = layers[-1].out_features
+        nxt = sorted((k for k in left if state_dict[k].shape[1] == out), key=_natural_key)
+        bn = norm_after(current, out, [current, *nxt[:1]])
+        if bn is not None:
+            layers.append(bn)
+        if not nxt:
+            return layers
+        current = nxt[0]
+        left.remove(current)
+        layers.append(linear(current))
+
+
+_EMBEDDING_NAMES = re.compile(r"embed|emb\b|emb_|feat|proj|descriptor", re.I)
+
+
+def _embedding_reason(layers: Sequence[HeadLayer]) -> str | None:
+    """Why the head looks like it ends in an embedding rather than class scores, or None."""
+    if layers[-1].kind == "norm":
+        return f"its last Linear is followed by a batch norm (`{layers[-1].name}`)"
+    name = layers[-1].name
+    if _EMBEDDING_NAMES.search(name.rpartition(".")[2] or name):
+        return f"its last Linear is called `{name}`"
+    return None
 
 
 def _stem(free: Sequence[Conv], transition_keys: set[str], c0: int) -> list[Conv]:

@@ -59,6 +59,9 @@ def info_text(d: dict[str, Any]) -> str:
         f"  input channels  {d['input_channels'] if d['input_channels'] else 'unknown'}",
         f"  classes         {d['num_classes'] if d['num_classes'] else 'unknown'}",
     ]
+    head = d["blocks"][-1]["extra"] if d["blocks"] else None
+    if head and head["kind"] == "classifier" and head.get("embedding"):
+        lines[-1] = f"  outputs         {d['num_classes']} (an embedding, not classes)"
     for b in d["blocks"]:
         width = b["bottleneck_width"]
         lines.append(
@@ -73,12 +76,36 @@ def info_text(d: dict[str, Any]) -> str:
                 f"{extra['out_channels']} channels (θ={extra['compression']:g})"
             )
         elif extra:
-            lines.append(
-                f"      classifier {extra['name']}: {extra['in_features']} features → "
-                f"{extra['num_classes']} classes"
-            )
+            lines += head_lines(extra, b["out_channels"])
     lines += [f"  note: {n}" for n in d["notes"]]
     return "\n".join(lines)
+
+
+def head_lines(extra: dict[str, Any], channels: int) -> list[str]:
+    """The head: which Linear is the classifier column, its layers, its real outputs."""
+    positions = extra.get("positions", 1)
+    reads = (
+        f"{extra['in_features']} features = {channels} channels × {positions} positions of "
+        "the flattened map"
+        if positions > 1
+        else f"{extra['in_features']} pooled features"
+    )
+    layers = extra.get("head") or [
+        {"kind": "linear", "in": extra["in_features"], "out": extra["num_classes"]}
+    ]
+    chain = " → ".join(
+        f"Linear {h['in']}→{h['out']}" if h["kind"] == "linear" else f"BatchNorm1d {h['out']}"
+        for h in layers
+    )
+    outputs = (
+        f"{extra['num_classes']} outputs, an embedding ({extra['embedding']})"
+        if extra.get("embedding")
+        else f"{extra['num_classes']} classes"
+    )
+    return [
+        f"      classifier {extra['name']}: reads {reads} (the classifier column)",
+        f"      head            {chain}: {outputs}",
+    ]
 
 
 def traced_payload(path: Path, arch: str, structure: Any) -> dict[str, Any]:
@@ -121,7 +148,7 @@ def agreement_payload(df: Any) -> dict[str, Any]:
         "model": a["model"],
         "reference": "ablation",
         "data": {k: a[k] for k in ("dataset", "split", "images")},
-        "concat_order": "oldest-first",
+        "concat_order": a.get("concat_order", "oldest-first"),
         "rows": records(df),
     }
 

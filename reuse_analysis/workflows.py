@@ -33,9 +33,13 @@ def metric_agreement(
     names = [*(metrics or [m for m in METRICS if m != "ablation"]), "ablation"]
     tables = metric_tables(model, names, probe=probe, trust_pickle=trust_pickle)
     df = agreement_table(tables)
+    # The order the file's weights were read in (weight tables); the data-driven ones ran a
+    # model of the same connections (a rebuild permuted into oldest-first).
+    read = [tables[m].attrs["concat_order"] for m in names if not METRICS[m].data_driven]
     df.attrs.update(
         {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
         model=Path(model).stem,
+        concat_order=read[0] if read else "oldest-first",
     )
     return df
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -341,6 +341,11 @@ def _stem(config: DenseNetConfig) -> list[tuple[str, nn.Module]]:
 
 
 # ----------------------------------------------------------------------------- model
+def global_pool(a: Tensor) -> Tensor:
+    """Global average pooling to ``[N, C, 1, 1]`` (the DenseNet head's)."""
+    return F.adaptive_avg_pool2d(a, 1)
+
+
 @dataclass(frozen=True)
 class DenseNetParts:
     """The modules of a :class:`DenseNet` in forward order, for code that runs it piece by
@@ -350,7 +355,31 @@ class DenseNetParts:
     blocks: tuple[nn.ModuleDict, ...]  # each block's layers, in order
     transitions: tuple[nn.Module | None, ...]  # after each block; None after the last
     head_norm: nn.BatchNorm2d  # the norm in front of the classifier (``norm5``)
-    classifier: nn.Linear
+    classifier: nn.Linear  # the head's first Linear: it reads the last block's features
+    #: pools the rectified ``head_norm`` output to what ``classifier`` reads, before it is
+    #: flattened: global average pooling, or (a rebuilt head) an h×w map
+    pool: Callable[[Tensor], Tensor] = global_pool
+    positions: int = 1  # features per channel that ``classifier`` reads (h·w of the map)
+    #: what follows ``classifier`` (the rest of an MLP head); identity for one Linear
+    head_rest: nn.Module = field(default_factory=nn.Identity)
+
+
+def parts_from_feature_info(model: nn.Module, **head: Any) -> DenseNetParts:
+    """A model's modules by role, found through its ``feature_info`` (see
+    :func:`_feature_info`); ``head`` sets the head's ``pool``, ``positions``, ``head_rest``."""
+    by_kind: dict[str, list[nn.Module]] = {}
+    for info in model.feature_info:
+        by_kind.setdefault(info["kind"], []).append(model.get_submodule(info["module"]))
+    blocks = tuple(by_kind["block"])
+    transitions = tuple(by_kind.get("transition", []))
+    return DenseNetParts(
+        stem=tuple(by_kind["stem"]),
+        blocks=blocks,  # type: ignore[arg-type]
+        transitions=transitions + (None,) * (len(blocks) - len(transitions)),
+        head_norm=by_kind["head_norm"][0],  # type: ignore[arg-type]
+        classifier=by_kind["classifier"][0],  # type: ignore[arg-type]
+        **head,
+    )
 
 
 class DenseNet(nn.Module):
@@ -405,18 +434,7 @@ class DenseNet(nn.Module):
 
     def parts(self) -> DenseNetParts:
         """The model's modules by role, found through :attr:`feature_info`."""
-        by_kind: dict[str, list[nn.Module]] = {}
-        for info in self.feature_info:
-            by_kind.setdefault(info["kind"], []).append(self.get_submodule(info["module"]))
-        blocks = tuple(by_kind["block"])
-        transitions = tuple(by_kind.get("transition", []))
-        return DenseNetParts(
-            stem=tuple(by_kind["stem"]),
-            blocks=blocks,  # type: ignore[arg-type]
-            transitions=transitions + (None,) * (len(blocks) - len(transitions)),
-            head_norm=by_kind["head_norm"][0],  # type: ignore[arg-type]
-            classifier=by_kind["classifier"][0],  # type: ignore[arg-type]
-        )
+        return parts_from_feature_info(self)
 
     def _init_weights(self) -> None:
         """torchvision's initialisation (He-normal convs, BN at identity, zero Linear bias)."""
