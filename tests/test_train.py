@@ -94,7 +94,7 @@ def test_sigterm_stops_the_command_cleanly_and_resume_finishes(tmp_path, tiny_np
     args = [
         sys.executable, "-m", "reuse_analysis", "train", "--arch", "densenet_bc_100",
         "--dataset", f"npz:{tiny_npz}", "--data-dir", str(tmp_path / "cache"),
-        "--epochs", "30", "--batch-size", "16", "--limit-train", "64", "--out", str(out),
+        "--epochs", "10", "--batch-size", "16", "--limit-train", "64", "--out", str(out),
         "--device", "cpu", "--checkpoint-minutes", "0",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -108,12 +108,12 @@ def test_sigterm_stops_the_command_cleanly_and_resume_finishes(tmp_path, tiny_np
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "--resume" in stderr
     position = torch.load(state, weights_only=True)["position"]
-    assert (position["epoch"], position["step"]) < (30, 0)
+    assert (position["epoch"], position["step"]) < (10, 0)
     done = subprocess.run(
-        [*args, "--epochs", "30", "--resume"], capture_output=True, text=True, env=env
+        [*args, "--epochs", "10", "--resume"], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert load_checkpoint(out).meta["epoch"] == 30
+    assert load_checkpoint(out).meta["epoch"] == 10
 
 
 def test_checkpoint_records_everything_needed(tmp_path, tiny_npz):
