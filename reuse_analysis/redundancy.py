@@ -75,6 +75,17 @@ class TransitionRedundancy:
     suggested_compression: float | None  # θ', None without evidence of redundancy
     theta_half_supported: bool | None  # plain DenseNet only: does θ' reach DenseNet-C's 0.5?
 
+    def describe(self) -> str:
+        """The measures in words, next to the untrained reference, and θ'."""
+        i, c = self.read_in, self.transition_conv
+        return (
+            f"after block {self.transition}: {self.channels} channels (θ = {self.compression:g}); "
+            f"read-in rank fraction {i.fraction:.3f} (untrained {i.untrained_mean:.3f} ± "
+            f"{i.untrained_sd:.3f}, p = {i.p_value:.3f}); transition conv {c.fraction:.3f} "
+            f"(untrained {c.untrained_mean:.3f}); row 0 gets {self.row0_vs_other:.2f}× the "
+            f"weight of the other sources; {self.suggestion()}"
+        )
+
     def suggestion(self) -> str:
         """θ' in words, or why there is none (and, on a plain DenseNet, DenseNet-C's 0.5)."""
         if self.suggested_compression is None:

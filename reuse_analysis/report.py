@@ -356,14 +356,7 @@ def redundancy_page(m: ModelReport) -> Figure:
         "",
     ]
     for r in reds:
-        i, c = r.read_in, r.transition_conv
-        lines.append(
-            f"After block {r.transition}: {r.channels} channels (θ = {r.compression:g}); read-in "
-            f"rank fraction {i.fraction:.3f} (untrained {i.untrained_mean:.3f} ± "
-            f"{i.untrained_sd:.3f}, p = {i.p_value:.3f}); transition conv {c.fraction:.3f} "
-            f"(untrained {c.untrained_mean:.3f}); row 0 gets {r.row0_vs_other:.2f}× the weight "
-            f"of the other sources; {r.suggestion()}"
-        )
+        lines.append(r.describe()[0].upper() + r.describe()[1:])
     y = _lines(fig, lines, size=10)
     width = 0.84 / len(reds)
     for i, r in enumerate(reds):

@@ -257,13 +257,7 @@ def redundancy_lines(model: str, summary: str, order: str, reds: Any, pca: Any) 
     if not reds:
         lines.append("  no transition layer")
     for r in reds:
-        i, c = r.read_in, r.transition_conv
-        lines.append(
-            f"  transition after block {r.transition}: {r.channels} channels, θ={r.compression:g}; "
-            f"read-in needs {i.fraction:.2f} of its directions for 90 % energy (untrained "
-            f"{i.untrained_mean:.2f} ± {i.untrained_sd:.3f}, p={i.p_value:.3f}); transition conv "
-            f"{c.fraction:.2f} (untrained {c.untrained_mean:.2f}); {r.suggestion()}"
-        )
+        lines.append(f"  transition {r.describe()}")
         if r.transition in pca:
             a = pca[r.transition]
             lines.append(
