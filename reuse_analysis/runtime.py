@@ -54,6 +54,26 @@ def eval_subset(data: Split, limit: int | None) -> Split:
     return _subset(data, limit, seed=0)
 
 
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU computes bfloat16 natively (AMX or AVX-512 BF16); ``None`` where
+    the flags cannot be read. Without such units, CPU autocast converts to and from float32
+    around every bf16 operation, which usually makes it slower than plain float32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return None
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return any(flag in flags.split() for flag in BF16_FLAGS)
+
+
 def _autocast(device: torch.device, amp: bool):
     if not amp:
         return torch.autocast(device.type, enabled=False)

@@ -37,6 +37,7 @@ from reuse_analysis.runtime import (
     _autocast,
     _subset,
     _to_device,
+    cpu_has_bf16,
     eval_subset,
     evaluate,
     pick_device,
@@ -446,6 +447,11 @@ def _start(cfg: TrainConfig, init: Callable[[nn.Module], None] | None) -> tuple[
     model = prepare_for_training(
         model, device, channels_last=cfg.channels_last, compile=cfg.compile
     )
+    if cfg.amp and device.type == "cpu" and cpu_has_bf16() is False and dist.main:
+        _note(
+            "note: --amp on a CPU without bf16 units (no AMX or AVX-512 BF16): autocast "
+            "emulates bf16 there and is usually slower than float32; leave out --amp"
+        )
     optimizer = _optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     run = _Run(cfg, ds, model, model_config, optimizer, scaler, device, dist)

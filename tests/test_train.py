@@ -426,3 +426,21 @@ def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz):
 
     model = create_model("densenet_bc_100", num_classes=4, **TINY)
     model.load_state_dict(_weights(out))  # strict: the toolkit's own DenseNet loads it
+
+
+def test_cpu_bf16_detection_reads_the_flags():
+    from reuse_analysis.runtime import cpu_has_bf16
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n"
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+    assert cpu_has_bf16(amx) is True
+    assert cpu_has_bf16(avx2) is False
+    assert cpu_has_bf16("no flags line here") is None
+
+
+def test_amp_without_bf16_units_says_so(tmp_path, tiny_npz, monkeypatch, capsys):
+    import reuse_analysis.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    train(_cfg(tiny_npz, tmp_path / "m.pt", epochs=1, amp=True))
+    assert "without bf16 units" in capsys.readouterr().err
