@@ -48,7 +48,7 @@ def write_model_report(
     models: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
-    concat_order: str = "oldest-first",
+    concat_order: str = "auto",
     metric: str = "weight",
     probe: Any = None,
     agreement: bool = False,
