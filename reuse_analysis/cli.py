@@ -45,6 +45,7 @@ from reuse_analysis.options import (
     normalisation_options,
     output_option,
     probe_options,
+    recipe_options,
     speed_options,
     test_images_option,
     training_options,
@@ -548,28 +549,7 @@ def card(model: Path, train_command: str, output: Path | None, as_json: bool, **
     lr_help="Learning rate per batch of 64: the initial one of --schedule paper, the peak of "
     "onecycle and cosine.",
 )
-@click.option(
-    "--schedule",
-    type=click.Choice(["paper", "onecycle", "cosine"]),
-    default="paper",
-    show_default=True,
-    help="paper: lr ÷10 at 50 % and 75 % of the epochs; cosine: half a cosine to 0 per "
-    "step; onecycle: linear warm-up from lr/25 over 15 % of the steps, then cosine to 0.",
-)
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Cross-entropy label smoothing (0.1 helps short schedules).",
-)
-@click.option(
-    "--drop-rate",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    help="Dropout after each conv but the first (default: 0 with augmentation, else 0.2); "
-    "zoo models keep their own (0.5 in alexnet, vgg11, nin) unless this is given.",
-)
+@recipe_options
 @output_option(
     "Model file to write (default: trained_models/ARCH_DATASET.pt); the training state "
     "goes beside it as .train.pt and the log as .log.csv.",
@@ -601,6 +581,24 @@ def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
     if summary.get("test_acc") is not None:  # the main process only
         _note(text.training_line(summary))
         click.echo(text.to_json(summary) if as_json else summary["out"])
+
+
+@cli.command()
+@click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@output_option("Figure to write (.png, .pdf or .svg; default: reports/RUN-dynamics.png).")
+@json_option("the statistics per epoch")
+@handles_bad_input
+def dynamics(log: Path, output: Path | None, as_json: bool) -> None:
+    """When does the paper's pattern appear? LOG is a run's NAME.reuse.csv (`train` writes
+    it for DenseNets): per epoch the correlation with Figure 5 (DenseNet-40), observation
+    3's row-0 share and observation 4's classifier focus; epoch 0 is the initialisation,
+    the untrained reference of every curve."""
+    from reuse_analysis.workflows import write_dynamics
+
+    output = output or _default_output(log.with_suffix("").with_suffix(""), "-dynamics.png")
+    _check_figure_path(output)
+    table = write_dynamics(log, output)
+    click.echo(table.to_json(orient="records", indent=2) if as_json else str(output))
 
 
 @cli.command()

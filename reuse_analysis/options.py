@@ -552,6 +552,36 @@ cut_options = stacked(
 )
 
 
+#: `train`'s options on the recipe beyond the shared ones: schedule, smoothing, dropout.
+recipe_options = stacked(
+    [
+        click.option(
+            "--schedule",
+            type=click.Choice(["paper", "onecycle", "cosine"]),
+            default="paper",
+            show_default=True,
+            help="paper: lr ÷10 at 50 % and 75 % of the epochs; cosine: half a cosine to 0 "
+            "per step; onecycle: linear warm-up from lr/25 over 15 % of the steps, then "
+            "cosine to 0.",
+        ),
+        click.option(
+            "--label-smoothing",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="Cross-entropy label smoothing (0.1 helps short schedules).",
+        ),
+        click.option(
+            "--drop-rate",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=None,
+            help="Dropout after each conv but the first (default: 0 with augmentation, else "
+            "0.2); zoo models keep their own (0.5 in alexnet, vgg11, nin) unless this is given.",
+        ),
+    ]
+)
+
+
 #: `train`'s options on how a run uses the machine: precision, memory layout, recomputation
 #: and how often the state is saved.
 speed_options = stacked(

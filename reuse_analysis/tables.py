@@ -79,6 +79,8 @@ DATA_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.data_dr
 
 #: The key columns every table starts with.
 KEYS = ["block", "source", "target", "target_kind"]
+#: The columns of a run's ``NAME.reuse.csv``: the weight table after every epoch.
+REUSE_LOG_COLUMNS = ["epoch", *KEYS, "mean_abs_weight"]
 
 
 def metric_info(name: str) -> MetricInfo:

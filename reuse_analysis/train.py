@@ -42,6 +42,7 @@ from reuse_analysis.runtime import (
     evaluate,
     pick_device,
 )
+from reuse_analysis.tables import REUSE_LOG_COLUMNS
 
 Split = ImageData | FolderData  # an in-memory split or large images read per batch
 
@@ -321,9 +322,6 @@ def _append_log(path: Path, row: dict[str, float]) -> None:
     _append_csv(path, LOG_COLUMNS, [row], int(row["epoch"]))
 
 
-REUSE_COLUMNS = ["epoch", "block", "source", "target", "target_kind", "mean_abs_weight"]
-
-
 def reuse_log_path(out: str | os.PathLike[str]) -> Path:
     """Where a run writes the reuse table of every epoch (``NAME.reuse.csv``)."""
     return Path(out).with_suffix("").with_suffix(".reuse.csv")
@@ -344,10 +342,10 @@ def _record_reuse(run: _Run, epoch: int) -> None:
     run.state.reuse = [r for r in run.state.reuse if r["epoch"] < epoch]
     run.state.reuse.append({"epoch": epoch, "mean_abs_weight": values})
     rows = [
-        {**{k: row[k] for k in REUSE_COLUMNS[1:-1]}, "epoch": epoch, "mean_abs_weight": v}
+        {**{k: row[k] for k in REUSE_LOG_COLUMNS[1:-1]}, "epoch": epoch, "mean_abs_weight": v}
         for row, v in zip(table.to_dict("records"), values, strict=True)
     ]
-    _append_csv(reuse_log_path(run.cfg.out), REUSE_COLUMNS, rows, epoch)
+    _append_csv(reuse_log_path(run.cfg.out), REUSE_LOG_COLUMNS, rows, epoch)
 
 
 class _StopRequested:

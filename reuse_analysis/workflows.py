@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reuse_analysis import text
-from reuse_analysis.tables import METRICS
+from reuse_analysis.tables import METRICS, REUSE_LOG_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,3 +104,31 @@ def write_sweep_outputs(df: pd.DataFrame, figure: str | os.PathLike[str]) -> tup
     save_figure_atomic(fig, figure)
     write_sweep(df, str(table))
     return figure, table
+
+
+def write_dynamics(log: str | os.PathLike[str], figure: str | os.PathLike[str]) -> pd.DataFrame:
+    """Draw the per-epoch statistics of a run's ``.reuse.csv`` into ``figure``; returns
+    them (:func:`reuse_analysis.dynamics.reuse_dynamics`)."""
+    import pandas as pd
+
+    from reuse_analysis._io import save_figure_atomic
+    from reuse_analysis.dynamics import reuse_dynamics
+    from reuse_analysis.errors import ReuseAnalysisError
+    from reuse_analysis.plotting import dynamics_figure
+
+    try:
+        df = pd.read_csv(log)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReuseAnalysisError(
+            f"{log} is not a CSV file ({exc}); give a run's .reuse.csv"
+        ) from None
+    missing = [c for c in REUSE_LOG_COLUMNS if c not in df.columns]
+    if missing or df.empty:
+        raise ReuseAnalysisError(
+            f"{log} is not a run's reuse log (columns {', '.join(missing) or 'present, no rows'}"
+            " missing); `train` writes NAME.reuse.csv beside NAME.pt for DenseNets"
+        )
+    table = reuse_dynamics(df)
+    title = f"{Path(log).name}: reuse statistics per epoch (0 = initialisation)"
+    save_figure_atomic(dynamics_figure(table, title=title), figure, 150)
+    return table

@@ -444,3 +444,34 @@ def test_amp_without_bf16_units_says_so(tmp_path, tiny_npz, monkeypatch, capsys)
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
     train(_cfg(tiny_npz, tmp_path / "m.pt", epochs=1, amp=True))
     assert "without bf16 units" in capsys.readouterr().err
+
+
+def test_dynamics_command_on_a_runs_reuse_log(tmp_path, tiny_npz):
+    """`dynamics` reads the .reuse.csv a run wrote: one row per epoch (0 = initialisation)
+    with the statistics of that epoch's table, and the figure; a CSV that is no reuse log
+    gets one Error line and no figure."""
+    import pandas as pd
+
+    from reuse_analysis.dynamics import epoch_statistics
+
+    out = tmp_path / "m.pt"
+    train(_cfg(tiny_npz, out, epochs=2))
+    log = tmp_path / "m.reuse.csv"
+    figure = tmp_path / "dyn.png"
+    result = CliRunner().invoke(cli, ["dynamics", str(log), "-o", str(figure), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    last = pd.read_csv(log).query("epoch == 2").reset_index(drop=True)
+    expected = epoch_statistics(last)
+    for key, value in expected.items():  # NaN (e.g. no layer with 3 sources) is JSON null
+        got = float("nan") if rows[2][key] is None else rows[2][key]
+        assert got == pytest.approx(value, nan_ok=True), key
+    assert rows[2]["classifier_focus"] is not None
+    assert figure.stat().st_size > 0
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    refused = CliRunner().invoke(cli, ["dynamics", str(bad), "-o", str(tmp_path / "no.png")])
+    assert refused.exit_code == 2 and refused.stderr.startswith("Error: ")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "no.png").exists()
