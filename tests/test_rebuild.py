@@ -263,6 +263,18 @@ def _npz(path, shape, n_train=48, n_test=24):
     return path
 
 
+def _with_statistics_of(model: nn.Module, ds) -> nn.Module:
+    """``model`` in eval mode, every batch norm holding the exact (cumulative) statistics
+    of the training images, as a model trained on them would (approximately)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(ds.train.batch(torch.arange(len(ds.train)), ds.mean, ds.std))
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory):
     """A kuangliu-style flattened-head checkpoint (newest first), trained statistics on an
@@ -272,14 +284,7 @@ def foreign(tmp_path_factory):
     npz = _npz(tmp / "tiny.npz", shape)
     ds = load_dataset(f"npz:{npz}", tmp)
     torch.manual_seed(0)
-    model = FlatHeadNet()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(ds.train.batch(torch.arange(len(ds.train)), ds.mean, ds.std))
-    model.eval()
+    model = _with_statistics_of(FlatHeadNet(), ds)
     path = tmp / "kuangliu_flat.pth"
     torch.save({"net": model.state_dict(), "acc": 12.5, "epoch": 3}, path)
     return path, npz, ds, model
@@ -349,15 +354,8 @@ def test_data_driven_metrics_on_an_mlp_head(tmp_path):
     npz = _npz(tmp_path / "tiny.npz", shape)
     ds = load_dataset(f"npz:{npz}", tmp_path)
     torch.manual_seed(0)
-    model = MLPHeadNet()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    model.train()
+    model = _with_statistics_of(MLPHeadNet(), ds)
     x = ds.train.batch(torch.arange(len(ds.train)), ds.mean, ds.std)
-    with torch.no_grad():
-        model(x)
-    model.eval()
     sd = model.state_dict()
     s = infer_structure(sd)
     settings = ProbeSettings(dataset=f"npz:{npz}", data_dir=str(tmp_path), images=48)
