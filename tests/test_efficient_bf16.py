@@ -54,6 +54,19 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
 def test_fused_bf16_matches_layer_by_layer_bf16(overrides, channels_last, monkeypatch):
+    _check_fused_bf16(overrides, channels_last, monkeypatch)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bn_size": 0, "compression": 1.0}], ids=["BC", "plain"])
+def test_compiled_kernels_in_bf16_match_layer_by_layer_bf16(
+    overrides, compiled_kernels, monkeypatch
+):
+    _check_fused_bf16(overrides, True, monkeypatch)
+    assert densenet_module._efficient._KERNELS  # the compiled kernels ran
+
+
+def _check_fused_bf16(overrides: dict, channels_last: bool, monkeypatch) -> None:
+    """The fused block's bf16 training step is as close to fp32 as the layer-by-layer one."""
     # Chunks of a few rows, so that the chunked loops run more than once on a small input.
     monkeypatch.setattr(densenet_module._efficient, "_CHUNK_BYTES", 512)
     fused, plain = _twins(tiny_config(**overrides), channels_last)
@@ -162,6 +175,9 @@ def test_compiled_kernels_give_the_eager_numbers(overrides, compiled_kernels, mo
     _assert_close(gx_f, gx_p, "input gradient")
     for (name, _), a, b in zip(fused.named_parameters(), grads_f, grads_p, strict=True):
         _assert_close(a, b, f"gradient of {name}")
+    buffers_p = dict(plain.named_buffers())
+    for name, buffer in fused.named_buffers():  # running statistics and batch counts
+        _assert_close(buffer.double(), buffers_p[name].double(), name)
 
 
 def test_prepare_for_training_compiles_the_fused_kernels_not_the_model():
@@ -180,3 +196,45 @@ def test_prepare_for_training_compiles_the_fused_kernels_not_the_model():
     assert not efficient.compiled_kernels_enabled()
     plain = prepare_for_training(DenseNet(tiny_config()), "cpu", channels_last=False, compile=False)
     assert not efficient.compiled_kernels_enabled() and isinstance(plain, DenseNet)
+
+
+def test_compiled_kernels_in_eval_mode_give_the_eager_numbers(compiled_kernels):
+    fused, plain = _twins(tiny_config(), channels_last=True)
+    batch = torch.randn(4, 3, 12, 12) * 2 + 1
+    for model in (fused, plain):  # running statistics other than the initial 0 and 1
+        _train_step(model, batch)
+        model.eval()
+    x = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        out_f, out_p = fused(x), plain(x)
+    assert densenet_module._efficient._KERNELS
+    _assert_close(out_f, out_p, "outputs")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, LOW], ids=["fp32", "bf16"])
+def test_compiled_norm_relu_gives_batchnorm_then_relu(dtype, compiled_kernels):
+    """The transitions' and the head's BN→ReLU: outputs, gradients and running statistics."""
+    efficient = densenet_module._efficient
+    fused, plain = nn.BatchNorm2d(6, momentum=None), nn.BatchNorm2d(6, momentum=None)
+    for norm in (fused, plain):
+        norm.weight.data = torch.linspace(-1.5, 2, 6)  # one negative scale
+        norm.bias.data = torch.linspace(-0.5, 0.5, 6)
+    x = (torch.randn(4, 6, 5, 5) * 3 + 2).to(dtype).to(memory_format=torch.channels_last)
+    grad = torch.randn(4, 6, 5, 5).to(dtype)
+    outs, grads = [], []
+    for norm, run in ((fused, efficient.norm_relu), (plain, lambda t, m: F.relu(m(t)))):
+        for _ in range(2):  # the second step averages with the first (momentum None)
+            leaf = x.clone().requires_grad_()
+            out = run(leaf, norm)
+            out.backward(grad)
+        outs.append(out.detach())
+        grads.append([leaf.grad, norm.weight.grad / 2, norm.bias.grad / 2])
+    assert efficient._KERNELS and outs[0].dtype == outs[1].dtype == dtype
+    tolerance = (
+        {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.02}
+    )
+    _assert_close(outs[0].float(), outs[1].float(), "output", **tolerance)
+    for what, a, b in zip(["input", "weight", "bias"], grads[0], grads[1], strict=True):
+        _assert_close(a.float(), b.float(), f"gradient of the {what}", **tolerance)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        _assert_close(getattr(fused, name).double(), getattr(plain, name).double(), name)

@@ -251,8 +251,8 @@ def _var_mean_pointwise(m: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return (m - mean).square().mean(0), mean
 
 
-def _finish_pointwise(gx: Tensor, x: Tensor, mean: Tensor, coef_x: Tensor, coef_c: Tensor):
-    gx.add_(((x.to(mean.dtype) - mean) * coef_x + coef_c).to(gx.dtype))
+def _finish_pointwise(g: Tensor, x: Tensor, mean: Tensor, coef_x: Tensor, coef_c: Tensor):
+    return (g.to(mean.dtype) + (x.to(mean.dtype) - mean) * coef_x + coef_c).to(g.dtype)
 
 
 def _input_grad_pointwise(
@@ -280,6 +280,72 @@ def _input_grad(
     gx.addcmul_(gz, scale.to(gz.dtype))
 
 
+def _bottleneck_norm(
+    y: Tensor, weight: Tensor, bias: Tensor, norm: nn.BatchNorm2d, plan: _Plan
+) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm→ReLU of a bottleneck output ``y`` (``[pixels, 4k]``): the result and the
+    mean and 1/σ it normalised with (the batch's in training, which also updates ``norm``'s
+    running statistics; the running ones in eval mode)."""
+    if not _COMPILED:
+        momentum = _momentum(norm) if plan.training else 0.0
+        a, mean, invstd = torch.native_batch_norm(
+            y, weight, bias, norm.running_mean, norm.running_var, plan.training, momentum, norm.eps
+        )
+        return a.relu_(), mean, invstd
+    if plan.training:
+        var, mean = _var_mean(y, plan.stat_dtype)
+        _update_running(norm, mean, var, y.shape[0])
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    scale, shift, invstd = bn_scale_shift(mean, var, norm.eps, weight, bias)
+    return bn_relu(y, scale, shift), mean, invstd
+
+
+def _bottleneck_norm_backward(
+    ga: Tensor, a: Tensor, y: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`_bottleneck_norm` in training from the gradient ``ga`` of its
+    output ``a``: the gradients of ``y``, of BatchNorm's weight and of its bias."""
+    if not _COMPILED:
+        ga = torch.ops.aten.threshold_backward(ga, a, 0)
+        return torch.ops.aten.native_batch_norm_backward(
+            ga, y, weight, None, None, mean, invstd, True, 0.0, [True, True, True]
+        )
+    return _compiled("norm_backward", _norm_backward_pointwise)(ga, a, y, mean, invstd, weight)
+
+
+def _norm_backward_pointwise(ga, a, y, mean, invstd, weight):
+    g = torch.where(a > 0, ga.to(mean.dtype), 0.0)
+    xhat = (y.to(mean.dtype) - mean) * invstd
+    sum_g, sum_gxhat = g.sum(0), (g * xhat).sum(0)
+    count = g.shape[0]
+    gy = (weight * invstd) * (g - sum_g / count - xhat * (sum_gxhat / count))
+    return gy.to(y.dtype), sum_gxhat, sum_g
+
+
+def _store(new: Tensor, dst: Tensor, stat_dtype: torch.dtype | None):
+    """Copy a layer's new channels into their columns of the buffer; with ``stat_dtype``
+    also return their batch variance and mean (:func:`_var_mean`), read in the same pass."""
+    if stat_dtype is not None and _COMPILED:
+        return _compiled("store", _store_pointwise)(new, dst, stat_dtype)
+    dst.copy_(new)
+    return None if stat_dtype is None else _var_mean(new, stat_dtype)
+
+
+def _store_pointwise(new: Tensor, dst: Tensor, dtype: torch.dtype):
+    dst.copy_(new)
+    return _var_mean_pointwise(new, dtype)
+
+
+def _finish(g: Tensor, x: Tensor, mean: Tensor, coef_x: Tensor, coef_c: Tensor) -> Tensor:
+    """``g + (x − mean)·coef_x + coef_c`` per column, as a new contiguous matrix: the
+    columns' gradient once BatchNorm's per-channel terms are added (see the module doc)."""
+    if _COMPILED:
+        return _compiled("finish", _finish_pointwise)(g, x, mean, coef_x, coef_c)
+    low = g.dtype
+    return torch.addcmul(g, x - mean.to(low), coef_x.to(low)).add_(coef_c.to(low))
+
+
 def _low_weights(params: Sequence[Tensor], plan: _Plan) -> list[Tensor]:
     """``params`` with every convolution weight cast to the compute dtype, as autocast casts
     them for each convolution; BatchNorm's affine parameters stay as they are."""
@@ -304,6 +370,62 @@ def fused_bottleneck(x: Tensor, scale1: Tensor, shift1: Tensor, w1: Tensor, ws: 
         z = bn_relu(x[r], scale1, shift1, out=ws[: (r.stop - r.start) * c].view(-1, c))
         torch.mm(z, w1.t(), out=y[r])
     return y
+
+
+# ----------------------------------------------------------------------------- BN→ReLU
+def norm_relu(x: Tensor, norm: nn.BatchNorm2d) -> Tensor:
+    """``relu(norm(x))``: the BatchNorm→ReLU in front of a transition's conv and the head.
+
+    In training with :func:`use_compiled_kernels` on and a channels-last ``x`` it runs as
+    one autograd function of two compiled passes each way (batch statistics, then the
+    normalisation; in backward ReLU's mask and BatchNorm's sums, then the input gradient)
+    instead of four eager ops and their backward; the numbers are the same up to float
+    rounding, in ``x``'s dtype as the eager ops give under autocast. Otherwise the eager
+    ops run."""
+    if not _fusable_norm(norm, x):
+        return F.relu(norm(x), inplace=True)
+    with torch.autocast(x.device.type, enabled=False):
+        return _NormReluFunction.apply(x, norm.weight, norm.bias, norm)
+
+
+def _fusable_norm(norm: nn.BatchNorm2d, x: Tensor) -> bool:
+    return (
+        _COMPILED
+        and isinstance(norm, nn.BatchNorm2d)
+        and isinstance(x, Tensor)
+        and norm.training
+        and torch.is_grad_enabled()
+        and norm.affine
+        and norm.track_running_stats
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+    )
+
+
+class _NormReluFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, norm: nn.BatchNorm2d) -> Tensor:
+        n, _, h, w = x.shape
+        m = as_matrix(x)
+        var, mean = _var_mean(m, torch.promote_types(x.dtype, torch.float32))
+        _update_running(norm, mean, var, m.shape[0])
+        scale, shift, invstd = bn_scale_shift(mean, var, norm.eps, weight, bias)
+        a = bn_relu(m, scale, shift)
+        ctx.save_for_backward(x, a, mean, invstd, weight)
+        return as_nchw(a, n, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, a, mean, invstd, weight = ctx.saved_tensors
+        n, _, h, w = x.shape
+        ga = as_matrix(grad_out.contiguous(memory_format=torch.channels_last)).to(a.dtype)
+        with torch.autocast(grad_out.device.type, enabled=False):
+            args = (ga, a, as_matrix(x), mean, invstd, weight)
+            gx, gw, gb = _compiled("norm_backward", _norm_backward_pointwise)(*args)
+        return as_nchw(gx, n, h, w), gw.to(weight.dtype), gb.to(weight.dtype), None
 
 
 # ----------------------------------------------------------------------------- forward
@@ -341,13 +463,8 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
         scale1, shift1, _ = bn_scale_shift(mean1, var1, norm1.eps, p[0], p[1])
         if plan.norms2 is not None:
             y = fused_bottleneck(x, scale1, shift1, p[2].reshape(p[2].shape[0], c), ws)
-            norm2 = plan.norms2[t]
-            momentum = _momentum(norm2) if plan.training else 0.0
-            a, mean2, invstd2 = torch.native_batch_norm(
-                as_nchw(y, n, h, w), p[3], p[4], norm2.running_mean, norm2.running_var,
-                plan.training, momentum, norm2.eps,
-            )  # fmt: skip
-            out = F.conv2d(a.relu_(), p[5], padding=1)
+            a, mean2, invstd2 = _bottleneck_norm(y, p[3], p[4], plan.norms2[t], plan)
+            out = F.conv2d(as_nchw(a, n, h, w), p[5], padding=1)
             del a
             if save:
                 saved.append((mean2, invstd2, y if plan.store_bottleneck else None))
@@ -355,11 +472,11 @@ def _forward(x0: Tensor, plan: _Plan, params: Sequence[Tensor], save: bool):
         else:
             z = bn_relu(x, scale1, shift1, out=ws[: pixels * c].view(pixels, c))
             out = F.conv2d(as_nchw(z, n, h, w), p[2], padding=1)
-        new = as_matrix(out)
-        mat[:, c : c + k].copy_(new)
-        if plan.training:
-            vars_[c : c + k], means[c : c + k] = _var_mean(new, plan.stat_dtype)
-        del out, new
+        stat_dtype = plan.stat_dtype if plan.training else None
+        stats = _store(as_matrix(out), mat[:, c : c + k], stat_dtype)
+        if stats is not None:
+            vars_[c : c + k], means[c : c + k] = stats
+        del out
     return buf.permute(0, 3, 1, 2), means, vars_, saved
 
 
@@ -410,14 +527,9 @@ def _backward(ctx, grad_out: Tensor):
     coef_x = torch.zeros_like(means)
     coef_c = torch.zeros_like(means)
 
-    def finish(cols: slice) -> None:
-        if _COMPILED:
-            args = (gmat[:, cols], mat[:, cols], means[cols], coef_x[cols], coef_c[cols])
-            _compiled("finish", _finish_pointwise)(*args)
-            return
-        low = plan.dtype
-        centred = mat[:, cols] - means[cols].to(low)
-        gmat[:, cols].addcmul_(centred, coef_x[cols].to(low)).add_(coef_c[cols].to(low))
+    def finish(cols: slice) -> Tensor:
+        """The complete gradient of columns ``cols`` (a new contiguous matrix)."""
+        return _finish(gmat[:, cols], mat[:, cols], means[cols], coef_x[cols], coef_c[cols])
 
     widest = width - k
     ws_z, ws_g = scratch_buffer(out, widest), scratch_buffer(out, widest)
@@ -427,8 +539,8 @@ def _backward(ctx, grad_out: Tensor):
         pw = weights[per * t : per * (t + 1)]  # conv weights in the compute dtype
         g: list[Tensor | None] = [None] * per
         c = c0 + k * t
-        finish(slice(c, c + k))  # layers after t, the only readers of x_t, are done
-        gnew = as_nchw(gmat[:, c : c + k], n, h, w)
+        # Layers after t, the only readers of x_t, are done: its gradient is complete.
+        gnew = as_nchw(finish(slice(c, c + k)), n, h, w)
         x = mat[:, :c]
         norm1 = plan.norms1[t]
         mean1 = means[:c]
@@ -437,7 +549,6 @@ def _backward(ctx, grad_out: Tensor):
         sum_gx = means.new_zeros(c)  # Σ g·(x − μ)
         rows = _chunks(pixels, c, x.element_size())
         if plan.norms2 is not None:
-            norm2 = plan.norms2[t]
             mean2, invstd2, y = saved[t]
             w1 = pw[2].reshape(pw[2].shape[0], c)
             if y is None:
@@ -445,14 +556,8 @@ def _backward(ctx, grad_out: Tensor):
             scale2 = p[3] * invstd2
             a = bn_relu(y, scale2, p[4] - mean2 * scale2)
             ga, g[5] = _conv_backward(gnew, as_nchw(a, n, h, w), pw[5])
-            ga = torch.ops.aten.threshold_backward(ga, as_nchw(a, n, h, w), 0)
-            del a
-            gy, g[3], g[4] = torch.ops.aten.native_batch_norm_backward(
-                ga, as_nchw(y, n, h, w), p[3], None, None, mean2, invstd2,
-                True, norm2.eps, [True, True, True],
-            )  # fmt: skip
-            del ga, y
-            gy = as_matrix(gy)
+            gy, g[3], g[4] = _bottleneck_norm_backward(as_matrix(ga), a, y, mean2, invstd2, p[3])
+            del a, ga, y
             gw1 = p[2].new_zeros(w1.shape)  # summed over chunks in the parameters' dtype
             for r in rows:
                 size = (r.stop - r.start) * c
@@ -476,8 +581,7 @@ def _backward(ctx, grad_out: Tensor):
         coef_x[:c] -= scale1 * invstd1 * sum_gxhat / pixels
         coef_c[:c] -= scale1 * sum_g / pixels
         grads[per * t : per * (t + 1)] = g
-    finish(slice(0, c0))
-    gx0 = gbuf[..., :c0].permute(0, 3, 1, 2).to(ctx.x0_dtype)
+    gx0 = as_nchw(finish(slice(0, c0)), n, h, w).to(ctx.x0_dtype)
     if not ctx.x0_channels_last:
         gx0 = gx0.contiguous()
     grads = [None if gr is None else gr.to(pr.dtype) for gr, pr in zip(grads, params, strict=True)]

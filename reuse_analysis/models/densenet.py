@@ -255,15 +255,7 @@ class _DenseBlock(nn.ModuleDict):
     def _can_fuse(self, layers: list[nn.Module], x: Tensor) -> bool:
         if not self.fused or not isinstance(x, Tensor) or torch.compiler.is_compiling():
             return False
-        # Hooks expect every submodule to be called.
-        hooked = [
-            nn.modules.module._global_forward_hooks,
-            nn.modules.module._global_forward_pre_hooks,
-        ]
-        hooked += [h for layer in layers for m in layer.modules() for h in _hooks(m)]
-        if any(hooked):
-            return False
-        return _efficient.supports(layers, x)
+        return _unhooked(*layers) and _efficient.supports(layers, x)
 
     def forward(self, init_features: Tensor) -> Tensor:
         layers = list(self.values())
@@ -279,6 +271,25 @@ def _hooks(m: nn.Module) -> tuple[dict, ...]:
     return m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks
 
 
+def _unhooked(*modules: nn.Module) -> bool:
+    """Whether no hook, global or on ``modules`` and their submodules, expects each
+    submodule to be called (a fused path calls none of them)."""
+    hooked = [
+        nn.modules.module._global_forward_hooks,
+        nn.modules.module._global_forward_pre_hooks,
+    ]
+    hooked += [h for module in modules for m in module.modules() for h in _hooks(m)]
+    return not any(hooked)
+
+
+def _norm_relu(norm: nn.BatchNorm2d, relu: nn.Module, x: Tensor) -> Tensor:
+    """``relu(norm(x))``, fused where :func:`_efficient.norm_relu` can and no hook is on
+    ``norm`` or ``relu``."""
+    if _unhooked(norm, relu):
+        return _efficient.norm_relu(x, norm)
+    return relu(norm(x))
+
+
 class _Transition(nn.Sequential):
     """BN-ReLU-Conv(1×1, compress)-[Dropout]-AvgPool(2×2) between two dense blocks."""
 
@@ -291,6 +302,9 @@ class _Transition(nn.Sequential):
         self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False)
         self.drop = _dropout(drop_rate)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.drop(self.conv(_norm_relu(self.norm, self.relu, x))))
 
 
 def _feature_info(
@@ -450,7 +464,14 @@ class DenseNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.features(x), inplace=True)
+        if _unhooked(self.features):
+            # The modules one by one, so that norm5 and the ReLU after it can run fused.
+            *body, norm5 = self.features.children()
+            for module in body:
+                x = module(x)
+            out = _efficient.norm_relu(x, norm5)
+        else:
+            out = F.relu(self.features(x), inplace=True)
         out = F.adaptive_avg_pool2d(out, (1, 1))
         return self.classifier(torch.flatten(out, 1))
 
