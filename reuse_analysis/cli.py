@@ -258,9 +258,11 @@ def info(
         click.echo(text.to_json(traced) if as_json else text.traced_text(traced))
         return
     from reuse_analysis.analysis import load_structure
+    from reuse_analysis.concat_order import detect_concat_order
 
-    _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
-    described = text.info_payload(model, structure, checkpoint)
+    state_dict, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
+    order = detect_concat_order(state_dict, structure)
+    described = text.info_payload(model, structure, checkpoint, order)
     click.echo(text.to_json(described) if as_json else text.info_text(described))
 
 
@@ -444,7 +446,7 @@ def agreement(
     if as_json:
         click.echo(text.to_json(text.agreement_payload(df)))
     else:
-        order = df.attrs.get("concat_order", "oldest-first")
+        order = text.order_text({"concat_order": "oldest-first", **df.attrs})
         click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order {order})")
         click.echo(agreement_text(df))
     _note(f"figure: {output}")

@@ -275,14 +275,14 @@ def _name_extra_column(ax: Axes, text: str, n_src: int, n_tgt: int, cell: float)
 
 
 def default_title(df: pd.DataFrame, normalize: str) -> str:
-    """Title naming the model, the inferred config, concat order, metric and scaling."""
+    """Title naming the model, the inferred config, metric, scaling and the concat order
+    with what it rests on (detected, given or assumed; ``attrs["concat_order_text"]``)."""
     a = df.attrs
     first = " — ".join(x for x in (a.get("model"), a.get("structure")) if x)
-    second = (
-        f"metric: {a.get('metric', 'weight')} · concat order: {a.get('concat_order', '?')} · "
-        f"normalisation: {normalize}"
-    )
-    return f"{first}\n{second}" if first else second
+    order = a.get("concat_order_text") or a.get("concat_order", "?")
+    second = f"metric: {a.get('metric', 'weight')} · normalisation: {normalize}"
+    lines = [first, second, f"concat order: {order}"]
+    return "\n".join(line for line in lines if line)
 
 
 # The panel layout, in inches: gaps between panels, the colour bar, the padding around

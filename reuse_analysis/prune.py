@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from reuse_analysis.concat_order import OrderDecision, detect_concat_order
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.metrics import REGISTRY, MetricInputs, reuse_table
 from reuse_analysis.structure import DenseNetStructure
@@ -339,6 +340,15 @@ class _Setup:
     data: Any
     inputs: MetricInputs
     evaluate: Callable[[Mapping[str, torch.Tensor]], tuple[float, float]]
+    #: The checkpoint's concat order and what it rests on (detected or assumed).
+    order: OrderDecision
+    #: Whether the model that runs (a rebuild) permuted the checkpoint's channels into
+    #: oldest-first order: cuts and the saved file then follow the rebuild's order.
+    reordered: bool
+
+    def order_record(self) -> dict[str, Any]:
+        """What a prune record and a sweep say about the order (:func:`order_record`)."""
+        return order_record(self.order, self.reordered)
 
 
 def _prepare(
@@ -359,7 +369,9 @@ def _prepare(
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     if check is not None:
         check(ckpt)
+    order = detect_concat_order(state_dict, structure)
     setup = probe_setup(state_dict, structure, ckpt, settings)
+    reordered = getattr(setup.model, "concat_order", "oldest-first") != "oldest-first"
     # Cuts, evaluations and the saved file work in the running model's key space (a
     # rebuild's own names, oldest first), so that a cut slice is the one the model reads.
     state_dict, structure = model_weights(setup.model, state_dict, structure)
@@ -367,7 +379,26 @@ def _prepare(
     evaluate = _evaluator(
         setup.model, setup.data, limit, setup.device, settings.batch_size, settings.cache_path()
     )
-    return _Setup(state_dict, structure, ckpt, settings, setup.model, setup.data, inputs, evaluate)
+    return _Setup(
+        state_dict, structure, ckpt, settings, setup.model, setup.data, inputs, evaluate,
+        order, reordered,
+    )  # fmt: skip
+
+
+def order_record(decision: OrderDecision, reordered: bool) -> dict[str, Any]:
+    """The concat order of a pruned or swept checkpoint: ``concat_order`` (the order of the
+    model that runs, which the cut list refers to: always oldest-first),
+    ``checkpoint_concat_order`` (the file's, with what it rests on), ``reordered`` (a
+    rebuild permuted the file's channels) and ``concat_order_text``, the line outputs print."""
+    text = decision.describe()
+    if reordered:
+        text = f"checkpoint {text}, run and cut in the rebuild's oldest-first order"
+    return {
+        "concat_order": "oldest-first",
+        "checkpoint_concat_order": decision.to_dict(),
+        "reordered": reordered,
+        "concat_order_text": text,
+    }
 
 
 # ----------------------------------------------------------------------------- prune
@@ -444,7 +475,7 @@ def _prune_record(
         "metric": metric,
         "fraction": fraction,
         "scope": scope,
-        "concat_order": "oldest-first",
+        **s.order_record(),
         "cut": cuts_record(cuts),
         **cut_summary(cuts, table, s.structure),
         "source_model": path,
@@ -580,6 +611,7 @@ def sweep(
         scope=scope,
         probe_images=s.settings.images,
         probe_split=s.settings.split,
+        **s.order_record(),
     )
     return df
 
@@ -636,12 +668,15 @@ def _sweep_row(
 def write_sweep(df: pd.DataFrame, path: str) -> None:
     """Write a :func:`sweep` result as the CSV that :func:`read_sweep` reads, atomically.
 
-    The columns are :data:`SWEEP_COLUMNS` plus ``test_images`` and ``scope`` from the
-    result's attrs, so that the file alone says what each accuracy was measured on.
+    The columns are :data:`SWEEP_COLUMNS` plus ``test_images``, ``scope`` and
+    ``concat_order`` (the checkpoint's order and what it rests on) from the result's attrs,
+    so that the file alone says what each accuracy was measured on.
     """
     from reuse_analysis._io import write_text_atomic
 
     table = df.assign(test_images=df.attrs["test_images"], scope=df.attrs["scope"])
+    if df.attrs.get("concat_order_text"):
+        table = table.assign(concat_order=df.attrs["concat_order_text"])
     write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
 
 
@@ -664,4 +699,7 @@ def read_sweep(path: str) -> pd.DataFrame:
     if len(scopes) != 1 or not scopes <= set(SCOPES):
         raise PruneError(f"{path}: the sweep's scope column must hold one of {', '.join(SCOPES)}")
     df.attrs["scope"] = scopes.pop()
+    orders = set(df["concat_order"].dropna()) if "concat_order" in df.columns else set()
+    if len(orders) == 1:
+        df.attrs["concat_order_text"] = orders.pop()
     return df

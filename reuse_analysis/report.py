@@ -263,11 +263,12 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
 
 
 def _order(df: pd.DataFrame) -> str:
-    """``oldest-first (detected from batch-norm statistics)``."""
-    basis = df.attrs.get("concat_order_basis")
-    return (
-        f"{df.attrs.get('concat_order')} ({basis})" if basis else str(df.attrs.get("concat_order"))
-    )
+    """``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)``."""
+    a = df.attrs
+    if a.get("concat_order_text"):
+        return str(a["concat_order_text"])
+    basis = a.get("concat_order_basis")
+    return f"{a.get('concat_order')} ({basis})" if basis else str(a.get("concat_order"))
 
 
 def _metric_line(df: pd.DataFrame) -> str:
@@ -463,7 +464,8 @@ def sweep_page(m: ModelReport) -> Figure:
             ". 'random' ranks connections at random (the chance baseline)."
             if "random" in set(rest.metric)
             else "."
-        ),
+        )
+        + (f" Concat order: {a['concat_order_text']}." if a.get("concat_order_text") else ""),
     ]
     best = rest.loc[rest.groupby("fraction")["accuracy"].idxmax()]
     lines += [

@@ -35,13 +35,16 @@ def measured(result: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- info
-def info_payload(path: Path, structure: Any, checkpoint: Any) -> dict[str, Any]:
-    """What `info --json` prints: the file, how it was stored, the inferred structure."""
+def info_payload(path: Path, structure: Any, checkpoint: Any, order: Any = None) -> dict[str, Any]:
+    """What `info --json` prints: the file, how it was stored, the inferred structure and
+    (``order``, a :class:`~reuse_analysis.concat_order.OrderDecision`) its concat order
+    with what that rests on."""
     return {
         "file": str(path),
         "container": checkpoint.container if checkpoint else None,
         "arch": checkpoint.arch if checkpoint else None,
         "summary": structure.summary(),
+        **({"concat_order": order.to_dict()} if order is not None else {}),
         **structure.to_dict(),
         "meta": checkpoint.meta if checkpoint else {},
     }
@@ -62,6 +65,8 @@ def info_text(d: dict[str, Any]) -> str:
     head = d["blocks"][-1]["extra"] if d["blocks"] else None
     if head and head["kind"] == "classifier" and head.get("embedding"):
         lines[-1] = f"  outputs         {d['num_classes']} (an embedding, not classes)"
+    if d.get("concat_order"):
+        lines.append(f"  concat order    {d['concat_order']['description']}")
     for b in d["blocks"]:
         width = b["bottleneck_width"]
         lines.append(
@@ -159,7 +164,8 @@ def prune_summary(record: dict[str, Any], metric: str) -> str:
     line = (
         f"cut {record['connections_cut']} of {record['connections']} connections "
         f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
-        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
+        f"the layers' first-conv input channels) by {metric} (concat order "
+        f"{record.get('concat_order_text', 'oldest-first')}); "
         "test accuracy on "
         f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
         f"{100 * record['accuracy_pruned']:.2f} %"
@@ -175,7 +181,8 @@ def sweep_title(df: Any) -> str:
     return (
         f"{a['model']}: accuracy after cutting the weakest connections, no fine-tuning\n"
         f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
-        f"{a['probe_split']} images; scope {a['scope']}; concat order oldest-first"
+        f"{a['probe_split']} images; scope {a['scope']}; concat order "
+        f"{a.get('concat_order_text', 'oldest-first')}"
     )
 
 
@@ -236,7 +243,10 @@ def models_text(entries: list[dict[str, Any]]) -> str:
 
 
 def order_text(attrs: Mapping[str, Any]) -> str:
-    """``oldest-first, detected from batch-norm statistics`` for notes and titles."""
+    """``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)`` for notes and
+    titles: the order and what it rests on, as the analysis described it."""
+    if attrs.get("concat_order_text"):
+        return str(attrs["concat_order_text"])
     basis = attrs.get("concat_order_basis")
     return f"{attrs['concat_order']}, {basis}" if basis else str(attrs["concat_order"])
 
@@ -247,6 +257,7 @@ def order_payload(attrs: Mapping[str, Any]) -> dict[str, Any]:
         "order": attrs["concat_order"],
         "basis": attrs.get("concat_order_basis"),
         "evidence": attrs.get("concat_order_evidence"),
+        "description": order_text(attrs),
     }
 
 

@@ -35,12 +35,14 @@ def metric_agreement(
     df = agreement_table(tables)
     # The order the file's weights were read in (weight tables); the data-driven ones ran a
     # model of the same connections (a rebuild permuted into oldest-first).
-    read = [tables[m].attrs["concat_order"] for m in names if not METRICS[m].data_driven]
+    read = [tables[m].attrs for m in names if not METRICS[m].data_driven]
     df.attrs.update(
         {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
         model=Path(model).stem,
-        concat_order=read[0] if read else "oldest-first",
+        concat_order=read[0]["concat_order"] if read else "oldest-first",
     )
+    if read and read[0].get("concat_order_text"):
+        df.attrs["concat_order_text"] = read[0]["concat_order_text"]
     return df
 
 

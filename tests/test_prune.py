@@ -205,6 +205,13 @@ def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
     assert (df[df.fraction == 0].accuracy == base).all()  # cutting nothing changes nothing
     assert (df[df.fraction == 0.5].connections_cut == 6).all()
     assert (df.test_images == 48).all()
+    # trained statistics: the order is detected, and no rebuild reordered the model
+    pairs = 3 + 2  # a norm pair per layer (the next layer's or the extra's)
+    said = f"oldest-first (detected: {pairs} of {pairs} batch-norm pairs, 0 against)"
+    assert (df.concat_order == said).all()
+    payload = json.loads(run(*args, "--json").stdout)
+    assert payload["reordered"] is False and payload["concat_order_text"] == said
+    assert payload["checkpoint_concat_order"]["provenance"] == "detected"
     # a rerun reads every accuracy from the cache: no evaluation at all
     import reuse_analysis.runtime as runtime_module
 

@@ -382,6 +382,14 @@ def test_prune_on_a_foreign_checkpoint_saves_a_model_that_evaluates_the_same(for
     original = float((logits.argmax(1) == ds.test.labels).float().mean())
     assert record["accuracy_before"] == pytest.approx(original)
     assert record["connections_cut"] > 0
+    # the file's order (newest first, detected) and the rebuild's, which the cuts follow
+    assert record["reordered"] is True and record["concat_order"] == "oldest-first"
+    file_order = record["checkpoint_concat_order"]
+    assert (file_order["order"], file_order["provenance"]) == ("newest-first", "detected")
+    said = (
+        f"checkpoint {file_order['description']}, run and cut in the rebuild's oldest-first order"
+    )
+    assert record["concat_order_text"] == said and f"(concat order {said})" in out.stderr
     again = CliRunner().invoke(
         cli, ["evaluate", str(out_path), "--dataset", f"npz:{npz}", "--json"]
     )
