@@ -471,6 +471,7 @@ def prune(
     output: Path | None,
     as_json: bool,
     probe: dict[str, Any],
+    seeds: int | None,
     **cut: Any,
 ) -> None:
     """Cut MODEL's weakest source→target connections and measure what it costs.
@@ -484,7 +485,7 @@ def prune(
     if do_sweep:
         output = output or _default_output(model, "-prune-sweep.png")
         _check_figure_path(output)
-        from reuse_analysis.prune import sweep
+        from reuse_analysis.prune import DEFAULT_SEEDS, sweep, sweep_summary
         from reuse_analysis.workflows import write_sweep_outputs
 
         with interrupted_exits("interrupted: rerun the same command to continue the sweep"):
@@ -496,10 +497,16 @@ def prune(
                 settings=_settings(probe),
                 limit=limit,
                 trust_pickle=trust_pickle,
+                seeds=DEFAULT_SEEDS if seeds is None else seeds,
             )
             figure, csv = write_sweep_outputs(df, output)
-        click.echo(text.to_json(text.sweep_payload(df)) if as_json else f"{figure}\n{csv}")
+        summary = sweep_summary(df)
+        for line in text.sweep_lines(summary):
+            _note(line)
+        click.echo(text.to_json(text.sweep_payload(df, summary)) if as_json else f"{figure}\n{csv}")
         return
+    if seeds is not None:
+        fail("--seeds applies to --sweep (the random baseline's seeds)")
     if cut["fraction"] is None or output is None:
         fail("prune needs --fraction F and -o OUT.pt (or --sweep)")
     if output.suffix.lower() not in (".pt", ".pth"):

@@ -186,9 +186,39 @@ def sweep_title(df: Any) -> str:
     )
 
 
-def sweep_payload(df: Any) -> dict[str, Any]:
-    """What `prune --sweep --json` prints: the sweep's settings and rows."""
-    return {**df.attrs, "rows": records(df)}
+def sweep_payload(df: Any, summary: Any = None) -> dict[str, Any]:
+    """What `prune --sweep --json` prints: the sweep's settings, its rows (one per run: the
+    random baseline has one per seed) and ``summary``
+    (:func:`reuse_analysis.prune.sweep_summary`: per metric and fraction, the runs and the
+    accuracy's mean, sd, min and max)."""
+    payload = {**df.attrs, "rows": records(df)}
+    if summary is not None:
+        payload["summary"] = records(summary)
+    return payload
+
+
+def _percent_spread(row: Any) -> str:
+    """``61.25 %``, or ``45.10 % (mean of 5 seeds, 39.58–50.00 %, sd 4.07)``."""
+    mean = f"{100 * row.accuracy_mean:.2f} %"
+    if row.runs < 2:
+        return mean
+    return (
+        f"{mean} (mean of {row.runs} seeds, {100 * row.accuracy_min:.2f}–"
+        f"{100 * row.accuracy_max:.2f} %, sd {100 * row.accuracy_sd:.2f})"
+    )
+
+
+def sweep_lines(summary: Any) -> list[str]:
+    """A sweep's text, one line per fraction: the unpruned accuracy, then each metric's
+    accuracy after the cut; the random baseline with its mean and spread over seeds."""
+    base = summary[summary.metric == "unpruned"]
+    lines = [f"unpruned: {100 * base.accuracy_mean.iloc[0]:.2f} %"] if len(base) else []
+    rest = summary[summary.metric != "unpruned"]
+    for fraction, group in rest.groupby("fraction", sort=False):
+        cut = f"{group.connections_cut.iloc[0]:.0f}"
+        parts = "; ".join(f"{r.metric} {_percent_spread(r)}" for r in group.itertuples())
+        lines.append(f"F = {fraction:g} ({cut} connections cut): {parts}")
+    return lines
 
 
 def compare_payload(df: Any, table: Path, figure: Path) -> dict[str, Any]:
