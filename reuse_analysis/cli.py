@@ -595,19 +595,28 @@ def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
 @cli.command()
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @output_option("Figure to write (.png, .pdf or .svg; default: reports/RUN-dynamics.png).")
-@json_option("the statistics per epoch")
+@click.option(
+    "--arch",
+    help="The architecture the run trained (a name from `models`), for the untrained "
+    "reference; default: read from NAME.pt or NAME.train.pt beside the log, else the log's "
+    "arch column.",
+)
+@json_option("the statistics per epoch and the untrained reference")
 @handles_bad_input
-def dynamics(log: Path, output: Path | None, as_json: bool) -> None:
+def dynamics(log: Path, output: Path | None, arch: str | None, as_json: bool) -> None:
     """When does the paper's pattern appear? LOG is a run's NAME.reuse.csv (`train` writes
     it for DenseNets): per epoch the correlation with Figure 5 (DenseNet-40), observation
-    3's row-0 share and observation 4's classifier focus; epoch 0 is the initialisation,
-    the untrained reference of every curve."""
+    3's row-0 share and observation 4's classifier focus, each next to a band of what 20
+    untrained networks of the run's architecture give (epoch 0, the run's initialisation,
+    is one of those)."""
     from reuse_analysis.workflows import write_dynamics
 
     output = output or _default_output(log.with_suffix("").with_suffix(""), "-dynamics.png")
     _check_figure_path(output)
-    table = write_dynamics(log, output)
-    click.echo(table.to_json(orient="records", indent=2) if as_json else str(output))
+    table, reference, found = write_dynamics(log, output, arch=arch)
+    _note(f"untrained reference: {reference.attrs['seeds']} seeds of {found.describe()}")
+    payload = text.dynamics_payload(str(log), table, reference, found)
+    click.echo(text.to_json(payload) if as_json else str(output))
 
 
 @cli.command()

@@ -221,6 +221,27 @@ def sweep_lines(summary: Any) -> list[str]:
     return lines
 
 
+def dynamics_title(log: str, architecture: str, seeds: int) -> str:
+    """Figure title of `dynamics` (two lines): the log, and what the bands are."""
+    return (
+        f"{log}: reuse statistics per epoch (0 = initialisation)\n"
+        f"bands: {seeds} untrained networks of {architecture}, min–max (dotted: mean)"
+    )
+
+
+def dynamics_payload(log: str, table: Any, reference: Any, architecture: Any) -> dict[str, Any]:
+    """What `dynamics --json` prints: the log, the architecture of the untrained reference
+    and where it was found, per statistic the untrained seeds' mean, sd, min and max, and
+    the rows per epoch."""
+    stats = {r.pop("statistic"): r for r in records(reference.reset_index())}
+    return {
+        "log": log,
+        "architecture": architecture.to_dict(),
+        "untrained": {"seeds": reference.attrs["seeds"], "statistics": stats},
+        "epochs": records(table),
+    }
+
+
 def compare_payload(df: Any, table: Path, figure: Path) -> dict[str, Any]:
     """What `compare --json` prints: the files written, the setting and the rows."""
     return {"table": str(table), "figure": str(figure), **df.attrs, "rows": records(df)}
