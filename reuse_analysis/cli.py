@@ -258,9 +258,11 @@ def info(
         click.echo(text.to_json(traced) if as_json else text.traced_text(traced))
         return
     from reuse_analysis.analysis import load_structure
+    from reuse_analysis.concat_order import detect_concat_order
 
-    _, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
-    described = text.info_payload(model, structure, checkpoint)
+    state_dict, structure, checkpoint = load_structure(model, trust_pickle=trust_pickle)
+    order = detect_concat_order(state_dict, structure)
+    described = text.info_payload(model, structure, checkpoint, order)
     click.echo(text.to_json(described) if as_json else text.info_text(described))
 
 
@@ -444,7 +446,7 @@ def agreement(
     if as_json:
         click.echo(text.to_json(text.agreement_payload(df)))
     else:
-        order = df.attrs.get("concat_order", "oldest-first")
+        order = text.order_text({"concat_order": "oldest-first", **df.attrs})
         click.echo(f"{' '.join(title.split())}; Spearman ρ (concat order {order})")
         click.echo(agreement_text(df))
     _note(f"figure: {output}")
@@ -469,6 +471,7 @@ def prune(
     output: Path | None,
     as_json: bool,
     probe: dict[str, Any],
+    seeds: int | None,
     **cut: Any,
 ) -> None:
     """Cut MODEL's weakest source→target connections and measure what it costs.
@@ -482,7 +485,7 @@ def prune(
     if do_sweep:
         output = output or _default_output(model, "-prune-sweep.png")
         _check_figure_path(output)
-        from reuse_analysis.prune import sweep
+        from reuse_analysis.prune import DEFAULT_SEEDS, sweep, sweep_summary
         from reuse_analysis.workflows import write_sweep_outputs
 
         with interrupted_exits("interrupted: rerun the same command to continue the sweep"):
@@ -494,10 +497,16 @@ def prune(
                 settings=_settings(probe),
                 limit=limit,
                 trust_pickle=trust_pickle,
+                seeds=DEFAULT_SEEDS if seeds is None else seeds,
             )
             figure, csv = write_sweep_outputs(df, output)
-        click.echo(text.to_json(text.sweep_payload(df)) if as_json else f"{figure}\n{csv}")
+        summary = sweep_summary(df)
+        for line in text.sweep_lines(summary):
+            _note(line)
+        click.echo(text.to_json(text.sweep_payload(df, summary)) if as_json else f"{figure}\n{csv}")
         return
+    if seeds is not None:
+        fail("--seeds applies to --sweep (the random baseline's seeds)")
     if cut["fraction"] is None or output is None:
         fail("prune needs --fraction F and -o OUT.pt (or --sweep)")
     if output.suffix.lower() not in (".pt", ".pth"):
@@ -586,19 +595,28 @@ def train(output: Path | None, as_json: bool, **kwargs: Any) -> None:
 @cli.command()
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @output_option("Figure to write (.png, .pdf or .svg; default: reports/RUN-dynamics.png).")
-@json_option("the statistics per epoch")
+@click.option(
+    "--arch",
+    help="The architecture the run trained (a name from `models`), for the untrained "
+    "reference; default: read from NAME.pt or NAME.train.pt beside the log, else the log's "
+    "arch column.",
+)
+@json_option("the statistics per epoch and the untrained reference")
 @handles_bad_input
-def dynamics(log: Path, output: Path | None, as_json: bool) -> None:
+def dynamics(log: Path, output: Path | None, arch: str | None, as_json: bool) -> None:
     """When does the paper's pattern appear? LOG is a run's NAME.reuse.csv (`train` writes
     it for DenseNets): per epoch the correlation with Figure 5 (DenseNet-40), observation
-    3's row-0 share and observation 4's classifier focus; epoch 0 is the initialisation,
-    the untrained reference of every curve."""
+    3's row-0 share and observation 4's classifier focus, each next to a band of what 20
+    untrained networks of the run's architecture give (epoch 0, the run's initialisation,
+    is one of those)."""
     from reuse_analysis.workflows import write_dynamics
 
     output = output or _default_output(log.with_suffix("").with_suffix(""), "-dynamics.png")
     _check_figure_path(output)
-    table = write_dynamics(log, output)
-    click.echo(table.to_json(orient="records", indent=2) if as_json else str(output))
+    table, reference, found = write_dynamics(log, output, arch=arch)
+    _note(f"untrained reference: {reference.attrs['seeds']} seeds of {found.describe()}")
+    payload = text.dynamics_payload(str(log), table, reference, found)
+    click.echo(text.to_json(payload) if as_json else str(output))
 
 
 @cli.command()

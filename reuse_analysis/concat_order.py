@@ -64,13 +64,41 @@ class OrderDecision:
     evidence: Evidence
     warning: str | None = None  # an explicit order the statistics contradict
 
+    @property
+    def provenance(self) -> str:
+        """``detected``, ``given`` (an explicit request) or ``assumed`` (nothing decided)."""
+        return {DETECTED: "detected", REQUESTED: "given"}.get(self.basis, "assumed")
+
+    def describe(self) -> str:
+        """The order and what it rests on, briefly, for every printed output and title:
+        ``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)``,
+        ``newest-first (given)``, ``oldest-first (assumed: detection inconclusive, …)``."""
+        e = self.evidence
+        old, new = e.oldest_first, e.newest_first
+        if self.basis == DETECTED:
+            won, lost = (old, new) if self.order == "oldest-first" else (new, old)
+            return f"{self.order} (detected: {won} of {e.pairs} batch-norm pairs, {lost} against)"
+        if self.basis == REQUESTED:
+            if self.detected is not None and self.detected != self.order:
+                return f"{self.order} (given; the batch-norm statistics say {self.detected})"
+            return f"{self.order} (given)"
+        if e.pairs == 0:
+            why = "no batch-norm running statistics to compare"
+        elif e.both == e.pairs:
+            why = f"all {e.pairs} batch-norm pairs at their initial values"
+        else:
+            why = f"{old} vs {new} of {e.pairs} batch-norm pairs"
+        return f"{self.order} (assumed: detection inconclusive, {why})"
+
     def to_dict(self) -> dict:
         return {
             "order": self.order,
             "basis": self.basis,
+            "provenance": self.provenance,
             "detected": self.detected,
             "evidence": self.evidence.to_dict(),
             "warning": self.warning,
+            "description": self.describe(),
         }
 
 
@@ -179,5 +207,17 @@ def resolve_concat_order(
 
 
 def order_line(decision: OrderDecision) -> str:
-    """``oldest-first (detected from batch-norm statistics)`` for every output."""
-    return f"{decision.order} ({decision.basis})"
+    """``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)`` for every output."""
+    return decision.describe()
+
+
+def order_attrs(decision: OrderDecision) -> dict[str, object]:
+    """The ``attrs`` a reuse table records about its order (read by text, plotting, report:
+    the tiers that never import torch get the description ready-made)."""
+    return {
+        "concat_order": decision.order,
+        "concat_order_basis": decision.basis,
+        "concat_order_evidence": decision.evidence.to_dict(),
+        "concat_order_warning": decision.warning,
+        "concat_order_text": decision.describe(),
+    }

@@ -548,6 +548,12 @@ cut_options = stacked(
             show_default=True,
             help="Fractions the sweep cuts, comma-separated, each in [0, 1).",
         ),
+        click.option(
+            "--seeds",
+            type=click.IntRange(1),
+            help="Seeds of the sweep's random baseline: its mean and spread per fraction "
+            "(default: 5).",
+        ),
     ]
 )
 

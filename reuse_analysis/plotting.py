@@ -275,14 +275,14 @@ def _name_extra_column(ax: Axes, text: str, n_src: int, n_tgt: int, cell: float)
 
 
 def default_title(df: pd.DataFrame, normalize: str) -> str:
-    """Title naming the model, the inferred config, concat order, metric and scaling."""
+    """Title naming the model, the inferred config, metric, scaling and the concat order
+    with what it rests on (detected, given or assumed; ``attrs["concat_order_text"]``)."""
     a = df.attrs
     first = " — ".join(x for x in (a.get("model"), a.get("structure")) if x)
-    second = (
-        f"metric: {a.get('metric', 'weight')} · concat order: {a.get('concat_order', '?')} · "
-        f"normalisation: {normalize}"
-    )
-    return f"{first}\n{second}" if first else second
+    order = a.get("concat_order_text") or a.get("concat_order", "?")
+    second = f"metric: {a.get('metric', 'weight')} · normalisation: {normalize}"
+    lines = [first, second, f"concat order: {order}"]
+    return "\n".join(line for line in lines if line)
 
 
 # The panel layout, in inches: gaps between panels, the colour bar, the padding around
@@ -935,31 +935,64 @@ __all__ = [
 ]
 
 
-def dynamics_figure(dynamics: pd.DataFrame, *, title: str = "") -> Figure:
+def _reference_band(
+    ax: Axes, reference: pd.DataFrame | None, statistic: str, x: Sequence[float], colour: Any
+) -> bool:
+    """The untrained networks' range of ``statistic`` as a band over ``x`` and their mean
+    as a dotted line, in ``colour``; False (nothing drawn) where the reference has none."""
+    if reference is None or statistic not in reference.index:
+        return False
+    row = reference.loc[statistic]
+    if not np.isfinite([row["min"], row["max"], row["mean"]]).all():
+        return False
+    ax.fill_between(x, row["min"], row["max"], color=colour, alpha=0.15, lw=0, zorder=0)
+    ax.plot(x, [row["mean"]] * len(x), color=colour, ls=":", lw=1, zorder=1)
+    return True
+
+
+def dynamics_figure(
+    dynamics: pd.DataFrame, *, reference: pd.DataFrame | None = None, title: str = ""
+) -> Figure:
     """A run's reuse statistics per epoch (:func:`reuse_analysis.dynamics.reuse_dynamics`):
     the correlation with the paper's Figure 5 per block, observation 3's row-0 share and
-    observation 4's classifier focus. Epoch 0 is the run's own initialisation, the
-    untrained reference of every curve."""
-    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    observation 4's classifier focus. ``reference`` (per statistic the ``mean``, ``min``
+    and ``max`` of untrained networks of the run's architecture,
+    :func:`reuse_analysis.dynamics.reference_summary`) is drawn behind each curve as a
+    band over its range with its mean dotted, in the curve's colour."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     epochs = dynamics["epoch"]
+    span = [float(epochs.min()) - 0.3, float(epochs.max()) + 0.3]
+    seeds = reference.attrs.get("seeds") if reference is not None else None
+    untrained = f"untrained ({seeds} seeds)" if seeds else "untrained"
     fig5 = [c for c in ("fig5_block1", "fig5_block2", "fig5_block3") if dynamics[c].notna().any()]
     ax = axes[0]
-    for column in fig5:
-        ax.plot(epochs, dynamics[column], marker=".", label=f"block {column[-1]}")
+    banded = False
+    for i, column in enumerate(fig5):
+        ax.plot(epochs, dynamics[column], marker=".", color=f"C{i}", label=f"block {column[-1]}")
+    for i, column in enumerate(fig5):
+        banded |= _reference_band(ax, reference, column, span, f"C{i}")
     ax.axhline(0, color="0.6", lw=0.7)
     ax.set_ylim(-0.4, 1)
     ax.set_title("correlation with Figure 5" if fig5 else "not Figure 5's configuration")
     ax.set_ylabel("Pearson r")
+    if banded:
+        ax.fill_between([], [], color="0.5", alpha=0.3, label=untrained)
     if fig5:
-        ax.legend(fontsize=8, loc="lower right")
-    ax = axes[1]
-    ax.plot(epochs, dynamics["row0_weakest_share"], marker=".", color="tab:purple")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("obs. 3: row 0 the weakest source")
-    ax.set_ylabel("share of layers, blocks ≥ 2")
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    panels = [
+        (axes[1], "row0_weakest_share", "tab:purple"),
+        (axes[2], "classifier_focus", "tab:green"),
+    ]
+    for ax, column, colour in panels:
+        ax.plot(epochs, dynamics[column], marker=".", color=colour, label="this run")
+        if _reference_band(ax, reference, column, span, colour):
+            ax.fill_between([], [], color=colour, alpha=0.3, label=untrained)
+            ax.legend(fontsize=7, loc="upper left")
+    axes[1].set_ylim(-0.03, 1.03)
+    axes[1].set_title("obs. 3: row 0 the weakest source")
+    axes[1].set_ylabel("share of layers, blocks ≥ 2")
     ax = axes[2]
-    ax.plot(epochs, dynamics["classifier_focus"], marker=".", color="tab:green")
     ax.axhline(1, color="0.6", lw=0.7)
     ax.set_title("obs. 4: classifier focus")
     ax.set_ylabel("last quarter ÷ other sources")
@@ -968,9 +1001,9 @@ def dynamics_figure(dynamics: pd.DataFrame, *, title: str = "") -> Figure:
         ax.set_ylim(0, 2)
     for ax in axes:
         ax.set_xlabel("epoch (0 = initialisation)")
-        ax.set_xlim(epochs.min() - 0.3, epochs.max() + 0.3)
+        ax.set_xlim(*span)
         ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True, nbins=8))
         ax.title.set_fontsize(10)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrap(title, fig.get_figwidth() - 0.3, 10), fontsize=10)
     return fig

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from reuse_analysis.concat_order import OrderDecision, detect_concat_order
 from reuse_analysis.errors import ReuseAnalysisError
 from reuse_analysis.metrics import REGISTRY, MetricInputs, reuse_table
 from reuse_analysis.structure import DenseNetStructure
@@ -339,6 +340,15 @@ class _Setup:
     data: Any
     inputs: MetricInputs
     evaluate: Callable[[Mapping[str, torch.Tensor]], tuple[float, float]]
+    #: The checkpoint's concat order and what it rests on (detected or assumed).
+    order: OrderDecision
+    #: Whether the model that runs (a rebuild) permuted the checkpoint's channels into
+    #: oldest-first order: cuts and the saved file then follow the rebuild's order.
+    reordered: bool
+
+    def order_record(self) -> dict[str, Any]:
+        """What a prune record and a sweep say about the order (:func:`order_record`)."""
+        return order_record(self.order, self.reordered)
 
 
 def _prepare(
@@ -359,7 +369,9 @@ def _prepare(
     state_dict, structure, ckpt = load_structure(path, trust_pickle=trust_pickle)
     if check is not None:
         check(ckpt)
+    order = detect_concat_order(state_dict, structure)
     setup = probe_setup(state_dict, structure, ckpt, settings)
+    reordered = getattr(setup.model, "concat_order", "oldest-first") != "oldest-first"
     # Cuts, evaluations and the saved file work in the running model's key space (a
     # rebuild's own names, oldest first), so that a cut slice is the one the model reads.
     state_dict, structure = model_weights(setup.model, state_dict, structure)
@@ -367,7 +379,26 @@ def _prepare(
     evaluate = _evaluator(
         setup.model, setup.data, limit, setup.device, settings.batch_size, settings.cache_path()
     )
-    return _Setup(state_dict, structure, ckpt, settings, setup.model, setup.data, inputs, evaluate)
+    return _Setup(
+        state_dict, structure, ckpt, settings, setup.model, setup.data, inputs, evaluate,
+        order, reordered,
+    )  # fmt: skip
+
+
+def order_record(decision: OrderDecision, reordered: bool) -> dict[str, Any]:
+    """The concat order of a pruned or swept checkpoint: ``concat_order`` (the order of the
+    model that runs, which the cut list refers to: always oldest-first),
+    ``checkpoint_concat_order`` (the file's, with what it rests on), ``reordered`` (a
+    rebuild permuted the file's channels) and ``concat_order_text``, the line outputs print."""
+    text = decision.describe()
+    if reordered:
+        text = f"checkpoint {text}, run and cut in the rebuild's oldest-first order"
+    return {
+        "concat_order": "oldest-first",
+        "checkpoint_concat_order": decision.to_dict(),
+        "reordered": reordered,
+        "concat_order_text": text,
+    }
 
 
 # ----------------------------------------------------------------------------- prune
@@ -444,7 +475,7 @@ def _prune_record(
         "metric": metric,
         "fraction": fraction,
         "scope": scope,
-        "concat_order": "oldest-first",
+        **s.order_record(),
         "cut": cuts_record(cuts),
         **cut_summary(cuts, table, s.structure),
         "source_model": path,
@@ -529,8 +560,15 @@ SWEEP_COLUMNS = [
     "accuracy",
     "loss",
 ]
+#: The random baseline's seed of a sweep row (empty for the deterministic metrics); a
+#: column of :func:`sweep` results and of sweeps written since the baseline has several.
+SEED = "seed"
 #: The row of a sweep that holds the unpruned model's accuracy.
 UNPRUNED = "unpruned"
+#: Seeds of the random baseline in a sweep: chance has a spread, one draw is no baseline.
+DEFAULT_SEEDS = 5
+#: Per (metric, fraction), what :func:`sweep_summary` adds: runs and the accuracy's spread.
+SUMMARY_COLUMNS = ["runs", "accuracy_mean", "accuracy_sd", "accuracy_min", "accuracy_max"]
 
 
 def sweep(
@@ -542,37 +580,43 @@ def sweep(
     settings: Any = None,
     limit: int | None = None,
     trust_pickle: bool = False,
+    seeds: int = DEFAULT_SEEDS,
 ) -> pd.DataFrame:
     """Test accuracy without fine-tuning after cutting each fraction by each metric.
 
-    Returns one row per (metric, fraction) with :data:`SWEEP_COLUMNS`, after a first row
-    ``unpruned`` (fraction 0) for the original model. Each accuracy is kept in a JSON file
-    under the probe cache, keyed by the weights and settings, as soon as it is measured, so
-    an interrupted sweep continues where it stopped.
+    Returns one row per (metric, fraction) with :data:`SWEEP_COLUMNS` and :data:`SEED`,
+    after a first row ``unpruned`` (fraction 0) for the original model; the ``random``
+    baseline has one row per seed ``0 … seeds-1`` at each fraction (summarised by
+    :func:`sweep_summary`). Each accuracy is kept in a JSON file under the probe cache,
+    keyed by the weights and settings, as soon as it is measured, so an interrupted sweep
+    continues where it stopped (and a rerun with more seeds measures only the new ones).
     """
     from tqdm import tqdm
 
-    _check_sweep_request(metrics, fractions, scope)
+    _check_sweep_request(metrics, fractions, scope, seeds)
     s = _prepare(path, settings, limit, trust_pickle)
     done, keep = _sweep_store(s, scope)
     if UNPRUNED not in done:
         keep(UNPRUNED, _unpruned_row(s))
-    todo = [(m, f) for m in metrics for f in fractions]
+    todo = [(m, f, seed) for m in metrics for f in fractions for seed in _seeds(m, seeds)]
     # Every ranking is computed before the first pruned model is evaluated: evaluating
     # loads pruned weights into the model that the data-driven metrics run.
     tables = {
-        m: connection_values(m, s.state_dict, s.structure, inputs=s.inputs)
-        for m in dict.fromkeys(m for m, f in todo if _sweep_name(m, f) not in done)
+        (m, seed): _ranking(s, m, seed)
+        for m, seed in dict.fromkeys(
+            (m, seed) for m, f, seed in todo if _sweep_name(m, f, seed) not in done
+        )
     }
     bar = tqdm(total=len(todo), desc="sweep", unit="model", dynamic_ncols=True)
-    for metric, fraction in todo:
-        name = _sweep_name(metric, fraction)
+    for metric, fraction, seed in todo:
+        name = _sweep_name(metric, fraction, seed)
         if name not in done:
-            keep(name, _sweep_row(s, tables[metric], metric, fraction, scope))
+            keep(name, _sweep_row(s, tables[metric, seed], metric, fraction, scope))
         bar.update(1)
     bar.close()
-    names = [UNPRUNED] + [_sweep_name(m, f) for m, f in todo]
-    df = pd.DataFrame([done[n] for n in names], columns=SWEEP_COLUMNS)
+    rows = [{**done[UNPRUNED], SEED: None}]
+    rows += [{**done[_sweep_name(m, f, seed)], SEED: seed} for m, f, seed in todo]
+    df = pd.DataFrame(rows, columns=[*SWEEP_COLUMNS, SEED]).astype({SEED: "Int64"})
     df.attrs.update(
         model=Path(path).stem,
         dataset=s.data.name,
@@ -580,22 +624,62 @@ def sweep(
         scope=scope,
         probe_images=s.settings.images,
         probe_split=s.settings.split,
+        random_seeds=seeds if RANDOM in metrics else 0,
+        **s.order_record(),
     )
     return df
 
 
-def _check_sweep_request(metrics: list[str], fractions: list[float], scope: str) -> None:
+def _seeds(metric: str, seeds: int) -> list[int | None]:
+    """The seeds a metric runs with: ``0 … seeds-1`` for the random baseline, else none."""
+    return list(range(seeds)) if metric == RANDOM else [None]
+
+
+def _ranking(s: _Setup, metric: str, seed: int | None) -> pd.DataFrame:
+    """The table that ranks connections by ``metric`` (the random one with ``seed``)."""
+    if seed is None:
+        return connection_values(metric, s.state_dict, s.structure, inputs=s.inputs)
+    return connection_values(metric, s.state_dict, s.structure, seed=seed)
+
+
+def sweep_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (metric, fraction) of a sweep, in its order: the runs (the random
+    baseline's seeds, else 1), the accuracy's mean, sample sd (NaN for one run), min and
+    max, and the mean of the other measures (the random cuts differ by seed)."""
+    measures = ["connections_cut", "share_cut", "bottleneck_inputs_cut", "loss"]
+    grouped = df.groupby(["metric", "fraction"], sort=False)
+    out = grouped[measures].mean()
+    acc = grouped["accuracy"]
+    out = out.assign(
+        runs=acc.size(),
+        accuracy_mean=acc.mean(),
+        accuracy_sd=acc.std(ddof=1),
+        accuracy_min=acc.min(),
+        accuracy_max=acc.max(),
+    ).reset_index()
+    out.attrs.update(df.attrs)
+    return out[["metric", "fraction", *SUMMARY_COLUMNS, *measures]]
+
+
+def _check_sweep_request(
+    metrics: list[str], fractions: list[float], scope: str, seeds: int = 1
+) -> None:
     unknown = [m for m in metrics if m not in RANKINGS]
     if unknown or not metrics:
         raise PruneError(
             f"unknown metric(s) {', '.join(unknown) or '(none given)'}; use {', '.join(RANKINGS)}"
         )
+    if seeds < 1:
+        raise PruneError(f"--seeds must be at least 1, got {seeds}")
     for f in fractions:
         check_request(f, scope)
 
 
-def _sweep_name(metric: str, fraction: float) -> str:
-    return f"{metric}@{fraction:g}"
+def _sweep_name(metric: str, fraction: float, seed: int | None = None) -> str:
+    """A row's name in the sweep's cache record; the random baseline's seed 0 keeps the
+    name it had when the baseline ran one seed, so older records still count."""
+    name = f"{metric}@{fraction:g}"
+    return name if not seed else f"{name}/seed{seed}"
 
 
 def _sweep_store(s: _Setup, scope: str):
@@ -636,12 +720,20 @@ def _sweep_row(
 def write_sweep(df: pd.DataFrame, path: str) -> None:
     """Write a :func:`sweep` result as the CSV that :func:`read_sweep` reads, atomically.
 
-    The columns are :data:`SWEEP_COLUMNS` plus ``test_images`` and ``scope`` from the
-    result's attrs, so that the file alone says what each accuracy was measured on.
+    One row per run: :data:`SWEEP_COLUMNS`, the random baseline's ``seed``, then per
+    (metric, fraction) the runs and the accuracy's mean, sd, min and max
+    (:data:`SUMMARY_COLUMNS`, from :func:`sweep_summary`), then ``test_images``, ``scope``
+    and ``concat_order`` (the checkpoint's order and what it rests on) from the result's
+    attrs, so that the file alone says what each accuracy was measured on.
     """
     from reuse_analysis._io import write_text_atomic
 
-    table = df.assign(test_images=df.attrs["test_images"], scope=df.attrs["scope"])
+    runs = df if SEED in df.columns else df.assign(**{SEED: pd.NA})
+    summary = sweep_summary(df)[["metric", "fraction", *SUMMARY_COLUMNS]]
+    table = runs[[*SWEEP_COLUMNS, SEED]].merge(summary, on=["metric", "fraction"], how="left")
+    table = table.assign(test_images=df.attrs["test_images"], scope=df.attrs["scope"])
+    if df.attrs.get("concat_order_text"):
+        table = table.assign(concat_order=df.attrs["concat_order_text"])
     write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
 
 
@@ -656,6 +748,8 @@ def read_sweep(path: str) -> pd.DataFrame:
         raise PruneError(
             f"{path} is not a sweep written by `prune --sweep` (no {', '.join(missing)} column)"
         )
+    if SEED in df.columns:
+        df[SEED] = df[SEED].astype("Int64")
     base = df[df.metric == UNPRUNED]
     df.attrs.update(model=Path(path).stem, test_images=None)
     if "test_images" in df.columns and len(base):
@@ -664,4 +758,7 @@ def read_sweep(path: str) -> pd.DataFrame:
     if len(scopes) != 1 or not scopes <= set(SCOPES):
         raise PruneError(f"{path}: the sweep's scope column must hold one of {', '.join(SCOPES)}")
     df.attrs["scope"] = scopes.pop()
+    orders = set(df["concat_order"].dropna()) if "concat_order" in df.columns else set()
+    if len(orders) == 1:
+        df.attrs["concat_order_text"] = orders.pop()
     return df

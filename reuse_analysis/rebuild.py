@@ -772,7 +772,12 @@ def model_weights(
     from reuse_analysis.structure import infer_structure
 
     own = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if not getattr(model, "rebuilt_from", None) or own.keys() == dict(state_dict).keys():
+    # A newest-first file keeps its key names when the toolkit's DenseNet fits it, but the
+    # model holds its channels permuted: then the model's own weights are the ones to cut.
+    permuted = getattr(model, "concat_order", "oldest-first") != "oldest-first"
+    if not getattr(model, "rebuilt_from", None) or (
+        own.keys() == dict(state_dict).keys() and not permuted
+    ):
         return dict(state_dict), structure
     return own, infer_structure(own)
 

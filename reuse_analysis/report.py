@@ -263,11 +263,12 @@ def cover_page(models: Sequence[ModelReport], when: dt.datetime) -> Figure:
 
 
 def _order(df: pd.DataFrame) -> str:
-    """``oldest-first (detected from batch-norm statistics)``."""
-    basis = df.attrs.get("concat_order_basis")
-    return (
-        f"{df.attrs.get('concat_order')} ({basis})" if basis else str(df.attrs.get("concat_order"))
-    )
+    """``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)``."""
+    a = df.attrs
+    if a.get("concat_order_text"):
+        return str(a["concat_order_text"])
+    basis = a.get("concat_order_basis")
+    return f"{a.get('concat_order')} ({basis})" if basis else str(a.get("concat_order"))
 
 
 def _metric_line(df: pd.DataFrame) -> str:
@@ -443,9 +444,33 @@ _SWEEP_SCOPES = {
 }
 
 
+def _sweep_lines(summary: pd.DataFrame) -> list[str]:
+    """Per fraction: the metric with the best mean accuracy, and the random baseline's mean
+    with its range over seeds (what chance gives at the same budget)."""
+    lines = []
+    for fraction, group in summary.groupby("fraction", sort=True):
+        ranked = group[group.metric != "random"]
+        chance = group[group.metric == "random"]
+        line = f"F = {fraction:g} ({100 * group.share_cut.iloc[0]:.0f} % of connections cut):"
+        if len(ranked):
+            best = ranked.loc[ranked.accuracy_mean.idxmax()]
+            line += f" best {best.metric} {100 * best.accuracy_mean:.2f} %"
+        if len(chance):
+            r = chance.iloc[0]
+            spread = (
+                f" (mean of {r.runs} seeds, {100 * r.accuracy_min:.2f}–"
+                f"{100 * r.accuracy_max:.2f} %)"
+                if r.runs > 1
+                else ""
+            )
+            line += f"{';' if len(ranked) else ''} random {100 * r.accuracy_mean:.2f} %{spread}"
+        lines.append(line)
+    return lines
+
+
 def sweep_page(m: ModelReport) -> Figure:
     """Accuracy after cutting the weakest F of the connections by each metric."""
-    from reuse_analysis.prune import UNPRUNED
+    from reuse_analysis.prune import UNPRUNED, sweep_summary
 
     df = m.sweep
     assert df is not None
@@ -463,14 +488,10 @@ def sweep_page(m: ModelReport) -> Figure:
             ". 'random' ranks connections at random (the chance baseline)."
             if "random" in set(rest.metric)
             else "."
-        ),
+        )
+        + (f" Concat order: {a['concat_order_text']}." if a.get("concat_order_text") else ""),
     ]
-    best = rest.loc[rest.groupby("fraction")["accuracy"].idxmax()]
-    lines += [
-        f"F = {r.fraction:g} ({100 * r.share_cut:.0f} % of connections cut): best {r.metric} "
-        f"{100 * r.accuracy:.2f} %"
-        for r in best.itertuples()
-    ]
+    lines += _sweep_lines(sweep_summary(rest))
     y = _lines(fig, lines, size=10)
     plot_sweep(rest, fig.add_axes((0.1, 0.08, 0.8, max(0.2, y - 0.14))), baseline=baseline)
     return fig

@@ -81,6 +81,9 @@ DATA_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.data_dr
 KEYS = ["block", "source", "target", "target_kind"]
 #: The columns of a run's ``NAME.reuse.csv``: the weight table after every epoch.
 REUSE_LOG_COLUMNS = ["epoch", *KEYS, "mean_abs_weight"]
+#: The optional last column of a reuse log: the model name the run trained (``--arch``),
+#: written since the log's untrained reference needs it; older logs lack it.
+REUSE_LOG_ARCH = "arch"
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -35,13 +35,16 @@ def measured(result: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- info
-def info_payload(path: Path, structure: Any, checkpoint: Any) -> dict[str, Any]:
-    """What `info --json` prints: the file, how it was stored, the inferred structure."""
+def info_payload(path: Path, structure: Any, checkpoint: Any, order: Any = None) -> dict[str, Any]:
+    """What `info --json` prints: the file, how it was stored, the inferred structure and
+    (``order``, a :class:`~reuse_analysis.concat_order.OrderDecision`) its concat order
+    with what that rests on."""
     return {
         "file": str(path),
         "container": checkpoint.container if checkpoint else None,
         "arch": checkpoint.arch if checkpoint else None,
         "summary": structure.summary(),
+        **({"concat_order": order.to_dict()} if order is not None else {}),
         **structure.to_dict(),
         "meta": checkpoint.meta if checkpoint else {},
     }
@@ -62,6 +65,8 @@ def info_text(d: dict[str, Any]) -> str:
     head = d["blocks"][-1]["extra"] if d["blocks"] else None
     if head and head["kind"] == "classifier" and head.get("embedding"):
         lines[-1] = f"  outputs         {d['num_classes']} (an embedding, not classes)"
+    if d.get("concat_order"):
+        lines.append(f"  concat order    {d['concat_order']['description']}")
     for b in d["blocks"]:
         width = b["bottleneck_width"]
         lines.append(
@@ -159,7 +164,8 @@ def prune_summary(record: dict[str, Any], metric: str) -> str:
     line = (
         f"cut {record['connections_cut']} of {record['connections']} connections "
         f"({100 * record['share_cut']:.1f} %; {100 * record['bottleneck_inputs_cut']:.1f} % of "
-        f"the layers' first-conv input channels) by {metric} (concat order oldest-first); "
+        f"the layers' first-conv input channels) by {metric} (concat order "
+        f"{record.get('concat_order_text', 'oldest-first')}); "
         "test accuracy on "
         f"{record['test']['images']} images: {100 * record['accuracy_before']:.2f} % → "
         f"{100 * record['accuracy_pruned']:.2f} %"
@@ -175,13 +181,65 @@ def sweep_title(df: Any) -> str:
     return (
         f"{a['model']}: accuracy after cutting the weakest connections, no fine-tuning\n"
         f"{a['test_images']} test images; data-driven metrics on {a['probe_images']} "
-        f"{a['probe_split']} images; scope {a['scope']}; concat order oldest-first"
+        f"{a['probe_split']} images; scope {a['scope']}; concat order "
+        f"{a.get('concat_order_text', 'oldest-first')}"
     )
 
 
-def sweep_payload(df: Any) -> dict[str, Any]:
-    """What `prune --sweep --json` prints: the sweep's settings and rows."""
-    return {**df.attrs, "rows": records(df)}
+def sweep_payload(df: Any, summary: Any = None) -> dict[str, Any]:
+    """What `prune --sweep --json` prints: the sweep's settings, its rows (one per run: the
+    random baseline has one per seed) and ``summary``
+    (:func:`reuse_analysis.prune.sweep_summary`: per metric and fraction, the runs and the
+    accuracy's mean, sd, min and max)."""
+    payload = {**df.attrs, "rows": records(df)}
+    if summary is not None:
+        payload["summary"] = records(summary)
+    return payload
+
+
+def _percent_spread(row: Any) -> str:
+    """``61.25 %``, or ``45.10 % (mean of 5 seeds, 39.58–50.00 %, sd 4.07)``."""
+    mean = f"{100 * row.accuracy_mean:.2f} %"
+    if row.runs < 2:
+        return mean
+    return (
+        f"{mean} (mean of {row.runs} seeds, {100 * row.accuracy_min:.2f}–"
+        f"{100 * row.accuracy_max:.2f} %, sd {100 * row.accuracy_sd:.2f})"
+    )
+
+
+def sweep_lines(summary: Any) -> list[str]:
+    """A sweep's text, one line per fraction: the unpruned accuracy, then each metric's
+    accuracy after the cut; the random baseline with its mean and spread over seeds."""
+    base = summary[summary.metric == "unpruned"]
+    lines = [f"unpruned: {100 * base.accuracy_mean.iloc[0]:.2f} %"] if len(base) else []
+    rest = summary[summary.metric != "unpruned"]
+    for fraction, group in rest.groupby("fraction", sort=False):
+        cut = f"{group.connections_cut.iloc[0]:.0f}"
+        parts = "; ".join(f"{r.metric} {_percent_spread(r)}" for r in group.itertuples())
+        lines.append(f"F = {fraction:g} ({cut} connections cut): {parts}")
+    return lines
+
+
+def dynamics_title(log: str, architecture: str, seeds: int) -> str:
+    """Figure title of `dynamics` (two lines): the log, and what the bands are."""
+    return (
+        f"{log}: reuse statistics per epoch (0 = initialisation)\n"
+        f"bands: {seeds} untrained networks of {architecture}, min–max (dotted: mean)"
+    )
+
+
+def dynamics_payload(log: str, table: Any, reference: Any, architecture: Any) -> dict[str, Any]:
+    """What `dynamics --json` prints: the log, the architecture of the untrained reference
+    and where it was found, per statistic the untrained seeds' mean, sd, min and max, and
+    the rows per epoch."""
+    stats = {r.pop("statistic"): r for r in records(reference.reset_index())}
+    return {
+        "log": log,
+        "architecture": architecture.to_dict(),
+        "untrained": {"seeds": reference.attrs["seeds"], "statistics": stats},
+        "epochs": records(table),
+    }
 
 
 def compare_payload(df: Any, table: Path, figure: Path) -> dict[str, Any]:
@@ -236,7 +294,10 @@ def models_text(entries: list[dict[str, Any]]) -> str:
 
 
 def order_text(attrs: Mapping[str, Any]) -> str:
-    """``oldest-first, detected from batch-norm statistics`` for notes and titles."""
+    """``oldest-first (detected: 36 of 36 batch-norm pairs, 0 against)`` for notes and
+    titles: the order and what it rests on, as the analysis described it."""
+    if attrs.get("concat_order_text"):
+        return str(attrs["concat_order_text"])
     basis = attrs.get("concat_order_basis")
     return f"{attrs['concat_order']}, {basis}" if basis else str(attrs["concat_order"])
 
@@ -247,6 +308,7 @@ def order_payload(attrs: Mapping[str, Any]) -> dict[str, Any]:
         "order": attrs["concat_order"],
         "basis": attrs.get("concat_order_basis"),
         "evidence": attrs.get("concat_order_evidence"),
+        "description": order_text(attrs),
     }
 
 

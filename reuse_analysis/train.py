@@ -42,7 +42,7 @@ from reuse_analysis.runtime import (
     evaluate,
     pick_device,
 )
-from reuse_analysis.tables import REUSE_LOG_COLUMNS
+from reuse_analysis.tables import REUSE_LOG_ARCH, REUSE_LOG_COLUMNS
 
 Split = ImageData | FolderData  # an in-memory split or large images read per batch
 
@@ -342,10 +342,13 @@ def _record_reuse(run: _Run, epoch: int) -> None:
     run.state.reuse = [r for r in run.state.reuse if r["epoch"] < epoch]
     run.state.reuse.append({"epoch": epoch, "mean_abs_weight": values})
     rows = [
-        {**{k: row[k] for k in REUSE_LOG_COLUMNS[1:-1]}, "epoch": epoch, "mean_abs_weight": v}
+        {**{k: row[k] for k in REUSE_LOG_COLUMNS[1:-1]}, "epoch": epoch, "mean_abs_weight": v,
+         REUSE_LOG_ARCH: run.cfg.arch}
         for row, v in zip(table.to_dict("records"), values, strict=True)
-    ]
-    _append_csv(reuse_log_path(run.cfg.out), REUSE_LOG_COLUMNS, rows, epoch)
+    ]  # fmt: skip
+    # The arch column names the architecture of the log's untrained reference (`dynamics`);
+    # rows a run wrote before it existed keep an empty one.
+    _append_csv(reuse_log_path(run.cfg.out), [*REUSE_LOG_COLUMNS, REUSE_LOG_ARCH], rows, epoch)
 
 
 class _StopRequested:

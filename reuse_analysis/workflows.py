@@ -35,12 +35,14 @@ def metric_agreement(
     df = agreement_table(tables)
     # The order the file's weights were read in (weight tables); the data-driven ones ran a
     # model of the same connections (a rebuild permuted into oldest-first).
-    read = [tables[m].attrs["concat_order"] for m in names if not METRICS[m].data_driven]
+    read = [tables[m].attrs for m in names if not METRICS[m].data_driven]
     df.attrs.update(
         {k: tables["ablation"].attrs.get(k) for k in ("dataset", "split", "images")},
         model=Path(model).stem,
-        concat_order=read[0] if read else "oldest-first",
+        concat_order=read[0]["concat_order"] if read else "oldest-first",
     )
+    if read and read[0].get("concat_order_text"):
+        df.attrs["concat_order_text"] = read[0]["concat_order_text"]
     return df
 
 
@@ -106,13 +108,24 @@ def write_sweep_outputs(df: pd.DataFrame, figure: str | os.PathLike[str]) -> tup
     return figure, table
 
 
-def write_dynamics(log: str | os.PathLike[str], figure: str | os.PathLike[str]) -> pd.DataFrame:
-    """Draw the per-epoch statistics of a run's ``.reuse.csv`` into ``figure``; returns
-    them (:func:`reuse_analysis.dynamics.reuse_dynamics`)."""
+def write_dynamics(
+    log: str | os.PathLike[str], figure: str | os.PathLike[str], *, arch: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """Draw the per-epoch statistics of a run's ``.reuse.csv`` into ``figure``, each next to
+    what untrained networks of the run's architecture give; returns the statistics
+    (:func:`reuse_analysis.dynamics.reuse_dynamics`), the untrained reference
+    (:func:`~reuse_analysis.dynamics.reference_summary`) and the architecture it was drawn
+    from (:func:`~reuse_analysis.dynamics.run_architecture`: ``arch``, else the files beside
+    the log, else its arch column)."""
     import pandas as pd
 
     from reuse_analysis._io import save_figure_atomic
-    from reuse_analysis.dynamics import reuse_dynamics
+    from reuse_analysis.dynamics import (
+        reference_summary,
+        reuse_dynamics,
+        run_architecture,
+        untrained_samples,
+    )
     from reuse_analysis.errors import ReuseAnalysisError
     from reuse_analysis.plotting import dynamics_figure
 
@@ -128,7 +141,9 @@ def write_dynamics(log: str | os.PathLike[str], figure: str | os.PathLike[str]) 
             f"{log} is not a run's reuse log (columns {', '.join(missing) or 'present, no rows'}"
             " missing); `train` writes NAME.reuse.csv beside NAME.pt for DenseNets"
         )
+    found = run_architecture(log, df, arch)
     table = reuse_dynamics(df)
-    title = f"{Path(log).name}: reuse statistics per epoch (0 = initialisation)"
-    save_figure_atomic(dynamics_figure(table, title=title), figure, 150)
-    return table
+    reference = reference_summary(untrained_samples(found.state_dict, found.structure))
+    title = text.dynamics_title(Path(log).name, found.describe(), reference.attrs["seeds"])
+    save_figure_atomic(dynamics_figure(table, reference=reference, title=title), figure, 150)
+    return table, reference, found

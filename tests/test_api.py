@@ -52,10 +52,20 @@ def test_both_analyses_give_json_of_one_shape(model):
     traced = json.loads(reuse_analysis.analyze_traced(model).to_json())
     assert list(named) == list(traced)
     assert list(named) == [
-        "model", "structure", "concat_order", "concat_order_basis", "metric", "layout",
-        "columns", "rows",
+        "model", "structure", "concat_order", "concat_order_basis", "concat_order_provenance",
+        "concat_order_text", "concat_order_evidence", "metric", "layout", "columns", "rows",
     ]  # fmt: skip
     assert traced["concat_order_basis"] == "read from the traced graph"
+    assert traced["concat_order_provenance"] == "traced" and traced["concat_order_evidence"] is None
+    # a freshly built model: every norm at (0, 1), so the order is assumed, and says why
+    assert named["concat_order_provenance"] == "assumed"
+    assert named["concat_order_text"] == (
+        "oldest-first (assumed: detection inconclusive, all 7 batch-norm pairs at their "
+        "initial values)"
+    )
+    assert (
+        named["concat_order_evidence"]["both"] == named["concat_order_evidence"]["pairs"] == 7
+    )  # 2 + 3 + 2 layers
     assert named["layout"] == traced["layout"] == {"1": "dense", "2": "dense", "3": "dense"}
     assert named["columns"] == traced["columns"]
     assert named["metric"] == traced["metric"] == "weight"

@@ -255,7 +255,7 @@ def test_models_lists_every_model_with_parameters_and_input_size():
 
 def test_sweep_csv_round_trip(tmp_path):
     """What `prune --sweep` writes is what `report --sweep` reads, with its settings."""
-    from reuse_analysis.prune import SWEEP_COLUMNS, read_sweep, write_sweep
+    from reuse_analysis.prune import SUMMARY_COLUMNS, SWEEP_COLUMNS, read_sweep, write_sweep
 
     df = pd.DataFrame(
         [["unpruned", 0.0, 0, 0.0, 0.0, 0.75, 0.8], ["weight", 0.5, 6, 0.5, 0.25, 0.5, 1.25]],
@@ -265,7 +265,8 @@ def test_sweep_csv_round_trip(tmp_path):
     path = tmp_path / "sweep.csv"
     write_sweep(df, str(path))
     back = read_sweep(str(path))
-    assert list(back.columns) == [*SWEEP_COLUMNS, "test_images", "scope"]
+    assert list(back.columns) == [*SWEEP_COLUMNS, "seed", *SUMMARY_COLUMNS, "test_images", "scope"]
+    assert back["runs"].tolist() == [1, 1] and back["seed"].isna().all()
     pd.testing.assert_frame_equal(back[SWEEP_COLUMNS], df, check_dtype=False)
     assert back.attrs["test_images"] == 48 and back.attrs["scope"] == "global"
     assert back.attrs["model"] == "sweep"

@@ -162,3 +162,86 @@ def test_pattern_that_fits_the_other_order_is_named():
         if "fits" in line
     ]
     assert "fits oldest-first better than the newest-first used" in wrong
+
+
+# ----------------------------------------------------------------- what every output states
+def test_each_decision_describes_its_order_and_what_it_rests_on():
+    from reuse_analysis.concat_order import Evidence, OrderDecision
+
+    sd, structure = _trained("kuangliu")
+    pairs = sum(b.num_layers for b in structure.blocks)
+    found = detect_concat_order(sd, structure)
+    assert found.provenance == "detected"
+    assert (
+        found.describe()
+        == f"newest-first (detected: {pairs} of {pairs} batch-norm pairs, 0 against)"
+    )
+    given = resolve_concat_order(sd, structure, "newest-first")
+    assert (given.provenance, given.describe()) == ("given", "newest-first (given)")
+    contradicted = resolve_concat_order(sd, structure, "oldest-first").describe()
+    assert contradicted == "oldest-first (given; the batch-norm statistics say newest-first)"
+    bare = detect_concat_order({k: v for k, v in sd.items() if "running" not in k}, structure)
+    assert (bare.provenance, bare.describe()) == (
+        "assumed",
+        "oldest-first (assumed: detection inconclusive, no batch-norm running statistics to "
+        "compare)",
+    )
+    tied = OrderDecision("oldest-first", ASSUMED, None, Evidence(3, 2, 0, 1, 6))
+    assert tied.describe() == (
+        "oldest-first (assumed: detection inconclusive, 3 vs 2 of 6 batch-norm pairs)"
+    )
+    assert tied.to_dict()["description"] == tied.describe()
+    assert tied.to_dict()["provenance"] == "assumed"
+
+
+def test_analysis_heatmap_and_table_json_state_the_detected_order(tmp_path):
+    from figure_checks import assert_readable
+
+    sd, structure = _trained("kuangliu")
+    pairs = sum(b.num_layers for b in structure.blocks)
+    expected = f"newest-first (detected: {pairs} of {pairs} batch-norm pairs, 0 against)"
+    result = analyze(sd, name="kuangliu")
+    assert result.order is not None and result.order.provenance == "detected"
+    assert result.concat_order_text == expected
+    payload = json.loads(result.to_json())
+    assert payload["concat_order_provenance"] == "detected"
+    assert payload["concat_order_text"] == expected
+    assert payload["concat_order_evidence"]["newest_first"] == pairs
+    fig = result.heatmap()
+    assert fig.get_suptitle().splitlines()[-1] == f"concat order: {expected}"
+    assert_readable(fig)  # the longer title is not cut
+    given = analyze(sd, concat_order="newest-first")
+    assert given.heatmap().get_suptitle().endswith("concat order: newest-first (given)")
+    path = tmp_path / "k.pt"
+    torch.save(sd, path)
+    out = CliRunner().invoke(cli, ["heatmap", str(path), "-o", str(tmp_path / "k.png")])
+    assert out.exit_code == 0, out.output
+    assert f"concat order {expected}" in out.stderr
+
+
+def test_info_states_the_order_with_its_evidence(tmp_path):
+    sd, structure = _trained("kuangliu")
+    pairs = sum(b.num_layers for b in structure.blocks)
+    path = tmp_path / "k.pt"
+    torch.save(sd, path)
+    text = CliRunner().invoke(cli, ["info", str(path)])
+    assert text.exit_code == 0, text.output
+    line = (
+        f"  concat order    newest-first (detected: {pairs} of {pairs} batch-norm pairs, 0 against)"
+    )
+    assert line in text.stdout.splitlines()
+    payload = json.loads(CliRunner().invoke(cli, ["info", str(path), "--json"]).stdout)
+    order = payload["concat_order"]
+    assert (order["order"], order["provenance"], order["basis"]) == (
+        "newest-first",
+        "detected",
+        DETECTED,
+    )
+    assert order["evidence"] == {
+        "oldest_first": 0, "newest_first": pairs, "both": 0, "neither": 0, "pairs": pairs
+    }  # fmt: skip
+    untrained = tmp_path / "u.pt"
+    torch.save(torchvision.models.densenet121(weights=None).state_dict(), untrained)
+    assumed = json.loads(CliRunner().invoke(cli, ["info", str(untrained), "--json"]).stdout)
+    assert assumed["concat_order"]["provenance"] == "assumed"
+    assert "detection inconclusive" in assumed["concat_order"]["description"]

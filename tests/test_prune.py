@@ -200,11 +200,20 @@ def test_sweep_figure_csv_and_cache(tmp_path, trained, monkeypatch):
     assert result.stdout.split() == [str(fig), str(tmp_path / "sweep.csv")]
     assert fig.read_bytes()[:4] == b"\x89PNG"
     df = pd.read_csv(tmp_path / "sweep.csv")
-    assert df.metric.tolist() == ["unpruned"] + ["weight"] * 2 + ["taylor"] * 2 + ["random"] * 2
+    # the random baseline runs 5 seeds (the default) at each fraction
+    assert df.metric.tolist() == ["unpruned"] + ["weight"] * 2 + ["taylor"] * 2 + ["random"] * 10
+    assert df[df.metric == "random"].seed.tolist() == [0, 1, 2, 3, 4] * 2
     base = df.accuracy[0]
     assert (df[df.fraction == 0].accuracy == base).all()  # cutting nothing changes nothing
     assert (df[df.fraction == 0.5].connections_cut == 6).all()
     assert (df.test_images == 48).all()
+    # trained statistics: the order is detected, and no rebuild reordered the model
+    pairs = 3 + 2  # a norm pair per layer (the next layer's or the extra's)
+    said = f"oldest-first (detected: {pairs} of {pairs} batch-norm pairs, 0 against)"
+    assert (df.concat_order == said).all()
+    payload = json.loads(run(*args, "--json").stdout)
+    assert payload["reordered"] is False and payload["concat_order_text"] == said
+    assert payload["checkpoint_concat_order"]["provenance"] == "detected"
     # a rerun reads every accuracy from the cache: no evaluation at all
     import reuse_analysis.runtime as runtime_module
 
@@ -222,7 +231,8 @@ def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained
 
     fig = tmp_path / "sweep.png"
     args = ["prune", trained, "--sweep", "--metrics", "weight,random", "--fractions",
-            "0.25,0.5", "-o", fig, "--data-dir", tmp_path / "data", "--images", 32]  # fmt: skip
+            "0.25,0.5", "--seeds", 2, "-o", fig, "--data-dir", tmp_path / "data",
+            "--images", 32]  # fmt: skip
     real, calls, stop_at = runtime_module.evaluate, [], [3]
 
     def stops_on_the_third(*a, **k):
@@ -240,8 +250,8 @@ def test_interrupted_sweep_exits_130_and_the_rerun_finishes_it(tmp_path, trained
     stop_at[0] = 0
     finished = run(*args)
     assert finished.exit_code == 0, finished.output
-    assert len(calls) == 3  # unpruned and the first cut came from the cache: 5 − 2
-    assert len(pd.read_csv(tmp_path / "sweep.csv")) == 5
+    assert len(calls) == 5  # unpruned and the first cut came from the cache: 7 − 2
+    assert len(pd.read_csv(tmp_path / "sweep.csv")) == 7  # 1 + 2 weight + 2 × 2 random
 
 
 def test_agreement_command_and_report_pages(tmp_path, trained):
@@ -486,3 +496,99 @@ def test_model_card_reads_the_checkpoint_once(tmp_path, trained, monkeypatch):
     card = modelcard.make_card(trained, command="train …", data_dir=str(tmp_path / "data"))
     assert len(loads) == 1
     assert card["test_images"] == 48 and 0 <= card["test_accuracy"] <= 1
+
+
+# ----------------------------------------------------------------------------- random baseline
+def test_sweep_summary_is_the_mean_and_spread_of_the_runs():
+    from reuse_analysis.prune import sweep_summary
+
+    rows = [("unpruned", 0.0, 0, 0.6, None), ("weight", 0.5, 6, 0.5, None)]
+    rows += [("random", 0.5, 6, acc, seed) for seed, acc in enumerate([0.25, 0.5, 0.375])]
+    df = pd.DataFrame(rows, columns=["metric", "fraction", "connections_cut", "accuracy", "seed"])
+    df = df.assign(share_cut=df.fraction, bottleneck_inputs_cut=0.1 * df.connections_cut,
+                   loss=1 - df.accuracy)  # fmt: skip
+    got = sweep_summary(df).set_index("metric")
+    assert got.loc["random", "runs"] == 3
+    assert got.loc["random", "accuracy_mean"] == pytest.approx(0.375)
+    assert got.loc["random", "accuracy_sd"] == pytest.approx(0.125)  # sample sd of ±0.125, 0
+    assert (got.loc["random", "accuracy_min"], got.loc["random", "accuracy_max"]) == (0.25, 0.5)
+    assert got.loc["weight", "runs"] == 1 and np.isnan(got.loc["weight", "accuracy_sd"])
+    assert got.loc["weight", "accuracy_min"] == got.loc["weight", "accuracy_max"] == 0.5
+    assert list(got.index) == ["unpruned", "weight", "random"]
+
+
+def test_sweep_random_baseline_over_seeds_in_every_output(tmp_path, trained, monkeypatch):
+    """Each seed's row is the accuracy of the model cut by that seed's random ranking; the
+    text, JSON, CSV and figure give the mean and the spread of exactly those values; a rerun
+    with more seeds measures only the new ones."""
+    from reuse_analysis.prune import apply_cuts, connection_values, select_cuts
+    from reuse_analysis.runtime import eval_subset, evaluate
+
+    fig = tmp_path / "sweep.png"
+    data = ["--data-dir", tmp_path / "data", "--images", 16]
+
+    def args(seeds):
+        return ["prune", trained, "--sweep", "--metrics", "weight,random", "--fractions",
+                "0.75", "--seeds", seeds, "-o", fig, *data, "--json"]  # fmt: skip
+
+    result = run(*args(4))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    runs = pd.DataFrame(payload["rows"])
+    chance = runs[runs.metric == "random"]
+    assert chance.seed.tolist() == [0, 1, 2, 3] and payload["random_seeds"] == 4
+    # each seed's accuracy is that of the model cut by its own random ranking
+    ckpt = load_checkpoint(trained)
+    structure = infer_structure(ckpt.state_dict)
+    from reuse_analysis.data import load_dataset
+    from reuse_analysis.models import create_model
+
+    ds = load_dataset(ckpt.meta["dataset"]["name"], str(tmp_path / "data"))
+    model = create_model(ckpt.arch, **ckpt.config)
+    test = eval_subset(ds.test, None)
+    for seed, acc in zip(chance.seed, chance.accuracy, strict=True):
+        table = connection_values("random", ckpt.state_dict, structure, seed=int(seed))
+        cut = apply_cuts(ckpt.state_dict, structure, select_cuts(table, 0.75))
+        model.load_state_dict(cut)
+        assert evaluate(model.eval(), test, ds, torch.device("cpu"))[1] == pytest.approx(acc)
+    accs = chance.accuracy.to_numpy()
+    losses = chance.loss.to_numpy()
+    assert len(set(losses)) == 4  # the seeds cut different connections
+    [summary] = [r for r in payload["summary"] if r["metric"] == "random"]
+    assert summary["runs"] == 4
+    assert summary["accuracy_mean"] == pytest.approx(accs.mean())
+    assert summary["accuracy_sd"] == pytest.approx(accs.std(ddof=1), nan_ok=True)
+    assert (summary["accuracy_min"], summary["accuracy_max"]) == (accs.min(), accs.max())
+    # the text on stderr: the random baseline's mean and range next to the metric
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("F = 0.75"))
+    assert f"random {100 * accs.mean():.2f} % (mean of 4 seeds, {100 * accs.min():.2f}–" in line
+    assert f"{100 * accs.max():.2f} %" in line and "weight " in line
+    # the CSV: one row per seed, each with its group's mean and spread
+    csv = pd.read_csv(tmp_path / "sweep.csv")
+    rand = csv[csv.metric == "random"]
+    np.testing.assert_allclose(rand.accuracy, accs, rtol=1e-5)
+    assert (rand.runs == 4).all()
+    np.testing.assert_allclose(rand.accuracy_mean, accs.mean(), rtol=1e-5)
+    np.testing.assert_allclose(rand.accuracy_min, accs.min(), rtol=1e-5)
+    np.testing.assert_allclose(rand.accuracy_max, accs.max(), rtol=1e-5)
+    # more seeds later: only the new one is evaluated, the first four come from the cache
+    import reuse_analysis.runtime as runtime_module
+
+    real, calls = runtime_module.evaluate, []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runtime_module, "evaluate", counted)
+    more = run(*args(5))
+    assert more.exit_code == 0, more.output
+    assert len(calls) == 1
+    again = pd.DataFrame(json.loads(more.stdout)["rows"])
+    np.testing.assert_allclose(again[again.metric == "random"].accuracy[:4], accs)
+
+
+def test_seeds_without_sweep_is_refused(tmp_path, trained):
+    result = run("prune", trained, "--fraction", "0.5", "--seeds", 3, "-o", tmp_path / "p.pt")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: --seeds applies to --sweep")
+    assert not (tmp_path / "p.pt").exists()

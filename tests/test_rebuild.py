@@ -382,6 +382,14 @@ def test_prune_on_a_foreign_checkpoint_saves_a_model_that_evaluates_the_same(for
     original = float((logits.argmax(1) == ds.test.labels).float().mean())
     assert record["accuracy_before"] == pytest.approx(original)
     assert record["connections_cut"] > 0
+    # the file's order (newest first, detected) and the rebuild's, which the cuts follow
+    assert record["reordered"] is True and record["concat_order"] == "oldest-first"
+    file_order = record["checkpoint_concat_order"]
+    assert (file_order["order"], file_order["provenance"]) == ("newest-first", "detected")
+    said = (
+        f"checkpoint {file_order['description']}, run and cut in the rebuild's oldest-first order"
+    )
+    assert record["concat_order_text"] == said and f"(concat order {said})" in out.stderr
     again = CliRunner().invoke(
         cli, ["evaluate", str(out_path), "--dataset", f"npz:{npz}", "--json"]
     )
@@ -473,3 +481,26 @@ def test_statistics_gathered_on_padded_random_crops_fit_on_such_crops():
     rebuilt = rebuild(model.state_dict(), infer_structure(model.state_dict()))
     note = verify(rebuilt, data, MEAN, STD)
     assert "on randomly cropped and flipped images" in note
+
+
+def test_a_newest_first_file_with_toolkit_names_is_cut_in_the_models_channels():
+    """The toolkit's DenseNet fits a newest-first file that uses its key names; the running
+    model holds the channels permuted into oldest-first order, so the weights that prune
+    cuts and saves are the model's, not the file's (same names, other channel order)."""
+    from test_concat_order import _mirrored
+
+    from reuse_analysis.models import create_model
+    from reuse_analysis.rebuild import model_weights
+
+    torch.manual_seed(0)
+    net = create_model("densenet40", block_config=(3, 3, 3)).train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, 32, 32))
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    structure = infer_structure(sd)
+    newest = _mirrored(sd, structure, "oldest-first")
+    model = rebuild(newest, structure)
+    assert isinstance(model, DenseNet) and model.concat_order == "newest-first"
+    weights, _ = model_weights(model, newest, structure)
+    assert weights.keys() == newest.keys()
+    assert all(torch.equal(weights[k], sd[k]) for k in sd)  # the oldest-first original

@@ -57,7 +57,9 @@ def test_report_pages_verdicts_and_images(tmp_path, bc100):
     assert "DenseNet-BC, 3 blocks × 16 layers, k=12, θ=0.5" in text[0]
     assert "769,162" in text[0]  # parameters
     assert "287.9 M multiply-adds" in text[0]
-    assert "concat order: oldest-first (assumed (nothing in the file decides))" in text[0]
+    assert (
+        "concat order: oldest-first (assumed: detection inconclusive, all 48 batch-norm" in text[0]
+    )
     assert "WARNING: the weights look untrained" in text[0]
     _check_observation_pages(text[2:6], bc100, blocks={1: 3, 2: 2, 3: 2, 4: 1})
     assert "Transition redundancy" in text[6] and "no suggested θ'" in text[6]

@@ -460,8 +460,15 @@ def test_dynamics_command_on_a_runs_reuse_log(tmp_path, tiny_npz):
     figure = tmp_path / "dyn.png"
     result = CliRunner().invoke(cli, ["dynamics", str(log), "-o", str(figure), "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
+    payload = json.loads(result.stdout)
+    rows = payload["epochs"]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
+    # the untrained reference is drawn from the run's own checkpoint beside the log
+    assert payload["architecture"]["source"] == "m.pt beside the log"
+    assert payload["architecture"]["arch"] == "densenet_bc_100"
+    assert payload["untrained"]["seeds"] == 20
+    # the log names the architecture the run trained, in every row
+    assert set(pd.read_csv(log)["arch"]) == {"densenet_bc_100"}
     last = pd.read_csv(log).query("epoch == 2").reset_index(drop=True)
     expected = epoch_statistics(last)
     for key, value in expected.items():  # NaN (e.g. no layer with 3 sources) is JSON null
@@ -475,3 +482,39 @@ def test_dynamics_command_on_a_runs_reuse_log(tmp_path, tiny_npz):
     assert refused.exit_code == 2 and refused.stderr.startswith("Error: ")
     assert len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "no.png").exists()
+
+
+def test_a_reuse_log_from_before_the_arch_column_resumes_and_still_draws(tmp_path, tiny_npz):
+    """A run resumed from a log written without the arch column: the old rows keep an empty
+    one, the new rows name the architecture, and `dynamics` reads both."""
+    import pandas as pd
+
+    out = tmp_path / "m.pt"
+
+    def interrupt(epoch, step):
+        if (epoch, step) == (1, 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_npz, out), on_step=interrupt)
+    log = tmp_path / "m.reuse.csv"
+    old = pd.read_csv(log).drop(columns="arch")
+    assert sorted(old.epoch.unique()) == [0, 1]
+    old.to_csv(log, index=False)  # as a run before the column existed wrote it
+    train(_cfg(tiny_npz, out, resume=True))
+    resumed = pd.read_csv(log)
+    assert sorted(resumed.epoch.unique()) == [0, 1, 2, 3]
+    assert resumed[resumed.epoch <= 1].arch.isna().all()
+    assert (resumed[resumed.epoch >= 2].arch == "densenet_bc_100").all()
+    result = CliRunner().invoke(cli, ["dynamics", str(log), "-o", str(tmp_path / "d.png")])
+    assert result.exit_code == 0, result.output
+    assert "20 seeds of densenet_bc_100 (m.pt beside the log)" in result.stderr
+    # without the files beside it, the rows that name it are enough only if the preset
+    # fits; this run overrode the preset's config, so --arch or the files are needed
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "m.reuse.csv").write_text(log.read_text())
+    refused = CliRunner().invoke(cli, ["dynamics", str(alone / "m.reuse.csv"), "-o",
+                                       str(alone / "d.png")])  # fmt: skip
+    assert refused.exit_code == 2 and "the log's arch column" in refused.stderr
+    assert not (alone / "d.png").exists()
