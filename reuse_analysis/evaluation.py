@@ -147,21 +147,25 @@ def evaluate_checkpoint(
 
     ``checkpoint``: the file already loaded (``load_checkpoint(path)``), so it is read once.
     A checkpoint not written by ``train`` is rebuilt from its tensors and checked on the
-    training images (:mod:`reuse_analysis.rebuild`); ``mean``/``std`` replace the input
-    normalisation (default: the recorded one, else the data set's usual statistics)."""
+    training images (:mod:`reuse_analysis.rebuild`), then evaluated like any other (a plain
+    class folder whole); ``mean``/``std`` replace the input normalisation (default: the
+    recorded one, else the data set's usual statistics)."""
     ckpt = checkpoint or load_checkpoint(path, trust_pickle=trust_pickle)
     model = rebuild_model(ckpt)
     rebuilt = hasattr(model, "rebuilt_from")
     config = ckpt.config if ckpt.config is not None else model.config.to_dict()
-    # A rebuild is checked on the training images its running statistics came from.
-    splits = SPLITS if rebuilt else ("test",)
-    ds = recorded_data(path, ckpt.meta, dataset, data_dir, config, splits=splits)
+    ds = recorded_data(path, ckpt.meta, dataset, data_dir, config, splits=("test",))
     override_normalisation(ds, mean, std)
     check = None
     if rebuilt:
+        # A rebuild is checked on the training images its running statistics came from;
+        # the normalisation that fits them is the one it is evaluated with.
         from reuse_analysis.rebuild import check_on_data
 
-        check = check_on_data(model, ds, ckpt.meta, str(path), given=mean is not None)
+        train = recorded_data(path, ckpt.meta, dataset, data_dir, config, splits=("train",))
+        override_normalisation(train, mean, std)
+        check = check_on_data(model, train, ckpt.meta, str(path), given=mean is not None)
+        ds.mean, ds.std = train.mean, train.std
     test = eval_subset(ds.test, limit)
     dev = pick_device(device)
     loss, acc = evaluate(model.to(dev), test, ds, dev, batch_size=batch_size, progress=True)

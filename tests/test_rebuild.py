@@ -303,6 +303,35 @@ def test_evaluate_runs_a_foreign_checkpoint(foreign):
     assert "batch-norm check: all" in result["bn_check"]
 
 
+def test_evaluate_takes_a_plain_class_folder_whole_for_a_foreign_checkpoint(tmp_path):
+    """The batch-norm check reads the folder's training part (what the statistics came
+    from); the accuracy is over every image of the folder, as for any model not trained
+    on it."""
+    from PIL import Image
+
+    data = _images(60, (1, 3, 48, 48), seed=3)
+    root = tmp_path / "shapes"
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        folder = root / f"class{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    name = f"imagefolder:{root}"
+    torch.manual_seed(0)
+    model = _with_statistics_of(FlatHeadNet(), load_dataset(name, tmp_path / "a"))
+    path = tmp_path / "kuangliu_flat.pth"
+    torch.save({"net": model.state_dict()}, path)
+    args = ["evaluate", str(path), "--dataset", name, "--data-dir", str(tmp_path / "b"), "--json"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert "batch-norm check: all" in result["bn_check"]
+    whole = load_dataset(name, tmp_path / "c", splits=("test",), whole_folder=True).test
+    assert result["images"] == len(whole) == 60
+    with torch.no_grad():
+        logits = model(whole.batch(torch.arange(60), result["mean"], result["std"]))
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == whole.labels).float().mean())
+
+
 def test_evaluate_refuses_a_normalisation_that_does_not_fit(foreign):
     path, npz, _, _ = foreign
     args = ["evaluate", str(path), "--dataset", f"npz:{npz}", "--mean", "0,0,0", "--std", "1,1,1"]
