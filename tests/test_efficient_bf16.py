@@ -238,3 +238,25 @@ def test_compiled_norm_relu_gives_batchnorm_then_relu(dtype, compiled_kernels):
         _assert_close(a.float(), b.float(), f"gradient of the {what}", **tolerance)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         _assert_close(getattr(fused, name).double(), getattr(plain, name).double(), name)
+
+
+@pytest.mark.parametrize("module", ["transition1.norm", "transition1.relu", "norm5"])
+def test_a_hook_on_a_transition_or_head_norm_sees_its_call(module, compiled_kernels):
+    """With the compiled kernels on, the transitions' and the head's BN→ReLU run fused in
+    training, unless a hook expects the modules to be called (probes hook them)."""
+    model = DenseNet(tiny_config()).to(memory_format=torch.channels_last).train()
+    seen = []
+    model.features.get_submodule(module).register_forward_hook(lambda *_: seen.append(1))
+    x = torch.randn(2, 3, 12, 12).to(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    assert seen == [1]
+
+
+def test_the_transitions_and_head_run_their_norm_fused_with_the_kernels_on(compiled_kernels):
+    efficient = densenet_module._efficient
+    model = DenseNet(tiny_config()).to(memory_format=torch.channels_last).train()
+    x = torch.randn(2, 3, 12, 12).to(memory_format=torch.channels_last)
+    fn = efficient._NormReluFunction
+    with mock.patch.object(fn, "apply", wraps=fn.apply) as spy:
+        model(x).sum().backward()
+    assert spy.call_count == len(model.config.block_config)  # transitions + norm5
