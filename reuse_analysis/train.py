@@ -224,6 +224,7 @@ class _Run:
     device: torch.device
     dist: _Dist
     state: _State = field(default_factory=_State)
+    compiling: bool = False  # the process's first step, which compiles, is still to come
 
     @property
     def paths(self) -> tuple[Path, Path, Path]:
@@ -456,6 +457,7 @@ def _start(cfg: TrainConfig, init: Callable[[nn.Module], None] | None) -> tuple[
     optimizer = _optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     run = _Run(cfg, ds, model, model_config, optimizer, scaler, device, dist)
+    run.compiling = cfg.compile
     if cfg.resume:
         saved = _load_training_state(run.paths[1], cfg)
         _unwrap(model).load_state_dict(saved["state_dict"])
@@ -506,6 +508,16 @@ def _step(run: _Run, train_data: Split, epoch: int, step: int, batch: list[int],
     return loss, logits, y
 
 
+def _compile_note(seconds: float) -> str:
+    """What the first step of a --compile run cost, and where the compiled code is kept."""
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    where = f"in {cache}" if cache else "in inductor's cache (TORCHINDUCTOR_CACHE_DIR)"
+    return (
+        f"--compile: the first step took {seconds:.1f} s, compiling included; the compiled "
+        f"code is kept {where}, so a resumed or repeated run compiles from it"
+    )
+
+
 def _train_epoch(run, train_data, epoch, stop, on_step) -> None:
     """The remaining steps of ``epoch``, saving the state every few minutes and on a stop."""
     from tqdm import tqdm
@@ -526,7 +538,12 @@ def _train_epoch(run, train_data, epoch, stop, on_step) -> None:
     try:
         for step in range(state.step, len(batches)):
             lr = learning_rate(cfg.schedule, cfg.lr, cfg.epochs, epoch, step, len(batches))
+            began = time.monotonic()
             loss, logits, y = _step(run, train_data, epoch, step, batches[step], lr)
+            if run.compiling:
+                run.compiling = False
+                if run.dist.main:
+                    _note(_compile_note(time.monotonic() - began))
             state.step = step + 1
             state.seen += len(y)
             state.loss_sum += loss.item() * len(y)

@@ -405,9 +405,10 @@ def test_resume_from_a_committed_state_in_a_fresh_clone(tmp_path, tiny_npz):
 
 
 @pytest.mark.slow
-def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz):
+def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz, capsys):
     """--amp --compile on a DenseNet: the fused blocks' compiled kernels run (the first
-    steps compile them), the loss falls, and the files hold the plain module's keys."""
+    steps compile them, and stderr says what that cost once), the loss falls, and the
+    files hold the plain module's keys."""
     from reuse_analysis.models import _efficient
 
     out = tmp_path / "m.pt"
@@ -416,6 +417,9 @@ def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz):
         assert _efficient.compiled_kernels_enabled()
     finally:
         _efficient.use_compiled_kernels(False)
+    err = capsys.readouterr().err
+    assert err.count("--compile: the first step took") == 1
+    assert "No CUDA runtime" not in err
     history = load_checkpoint(out).meta["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     keys = set(_weights(out))

@@ -10,6 +10,8 @@ model gets ``torch.compile(model)``. Autocast itself stays with the training loo
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -32,6 +34,9 @@ def prepare_for_training(
     in ``TORCHINDUCTOR_CACHE_DIR``); any other model is returned as ``torch.compile(model)``
     (its state_dict keys then carry the ``_orig_mod.`` prefix). Returns the model to train."""
     model = model.to(device)
+    if compile and torch.device(device).type == "cpu":
+        # inductor's C++ build looks for a CUDA toolkit and warns wherever there is none.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if not compile:
