@@ -10,10 +10,18 @@ classes. Variants, measured in one run on the same machine:
   num_init_features=24, bn_size=4, num_classes=10)`` with a CIFAR stem (``conv0`` a 3×3
   stride-1 conv; ``norm0``, ``relu0``, ``pool0`` Identity) — the same network as ours;
 * ``torchvision-memeff``: the same with ``memory_efficient=True``;
-* ``torchvision-best``: torchvision at its fastest, whatever ``--amp`` says: autocast (bf16
-  on the CPU, fp16 + GradScaler on CUDA), channels-last and ``torch.compile(model)``;
-* ``ours-best``: ours at its fastest: autocast, channels-last, the fused blocks' compiled
-  elementwise kernels (``_efficient.use_compiled_kernels``);
+* ``torchvision-best``: torchvision at its fastest, whatever ``--amp`` says: native
+  low-precision autocast (fp16 + GradScaler on CUDA; bf16 on a CPU with bf16 units, AMX or
+  AVX-512 BF16, and float32 on one without, where autocast only emulates bf16 and runs
+  several times slower), channels-last and ``torch.compile(model)``;
+  ``torchvision-best-eager`` the same without ``torch.compile``;
+* ``ours-best``: ours at its fastest: the same native autocast, channels-last, the fused
+  blocks' compiled elementwise kernels (``_efficient.use_compiled_kernels``);
+  ``ours-best-eager`` the same with the eager kernels.
+
+Whether compiling pays depends on the machine (inductor's CPU code for column reductions
+is slower than ATen's on some CPUs), so each side's best is the faster of its two
+candidates in this run, and the summary says which one that was.
 * with ``--channels-last`` also both torchvision models channels-last (``…-cl``);
   ``--variants`` adds any of ``ours-memeff`` (``memory_efficient=True``), ``ours-nchw``
   (ours in the default layout), ``ours-unfused`` (ours layer by layer), ``ours-amp``
@@ -65,7 +73,20 @@ import sys
 import time
 from typing import Any
 
-DEFAULT = ["ours", "torchvision", "torchvision-memeff", "torchvision-best", "ours-best"]
+DEFAULT = [
+    "ours",
+    "torchvision",
+    "torchvision-memeff",
+    "torchvision-best",
+    "torchvision-best-eager",
+    "ours-best",
+    "ours-best-eager",
+]
+# Each side's best: the faster of these candidates in the run.
+BEST = {
+    "ours-best": ("ours-best", "ours-best-eager"),
+    "torchvision-best": ("torchvision-best", "torchvision-best-eager"),
+}
 CHANNELS_LAST = ["torchvision-cl", "torchvision-memeff-cl"]
 EXTRA = [
     "ours-memeff",
@@ -76,10 +97,11 @@ EXTRA = [
     "ours-best-memeff",
 ]
 # variant → (builder, keyword arguments, channels-last, autocast, compile). Autocast None
-# follows --amp; True/False is the variant's own setting. Compile: "" none, "model"
+# follows --amp; "native" is on where the device computes in low precision natively;
+# True/False is the variant's own setting. Compile: "" none, "model"
 # torch.compile(model), "kernels" the fused block's compiled elementwise kernels
 # (_efficient.use_compiled_kernels).
-SPECS: dict[str, tuple[str, dict[str, Any], bool, bool | None, str]] = {
+SPECS: dict[str, tuple[str, dict[str, Any], bool, bool | str | None, str]] = {
     "ours": ("ours", {}, True, None, ""),
     "ours-memeff": ("ours", {"memory_efficient": True}, True, None, ""),
     "ours-nchw": ("ours", {}, False, None, ""),
@@ -87,16 +109,24 @@ SPECS: dict[str, tuple[str, dict[str, Any], bool, bool | None, str]] = {
     "ours-amp": ("ours", {}, True, True, ""),
     # torch.compile(model) traces layer by layer: dynamo does not enter the fused block.
     "ours-model-compile": ("ours", {}, True, True, "model"),
-    # Ours at its fastest: fused blocks in bf16 (fp16 on CUDA) with compiled kernels.
-    "ours-best": ("ours", {}, True, True, "kernels"),
-    "ours-best-memeff": ("ours", {"memory_efficient": True}, True, True, "kernels"),
+    # Ours at its fastest: fused blocks in native low precision with compiled kernels.
+    "ours-best": ("ours", {}, True, "native", "kernels"),
+    "ours-best-eager": ("ours", {}, True, "native", ""),
+    "ours-best-memeff": ("ours", {"memory_efficient": True}, True, "native", "kernels"),
     "torchvision": ("torchvision", {}, False, None, ""),
     "torchvision-memeff": ("torchvision", {"memory_efficient": True}, False, None, ""),
     "torchvision-cl": ("torchvision", {}, True, None, ""),
     "torchvision-memeff-cl": ("torchvision", {"memory_efficient": True}, True, None, ""),
-    # torchvision at its fastest: autocast + channels-last + torch.compile.
-    "torchvision-best": ("torchvision", {}, True, True, "model"),
+    # torchvision at its fastest: native autocast + channels-last + torch.compile.
+    "torchvision-best": ("torchvision", {}, True, "native", "model"),
+    "torchvision-best-eager": ("torchvision", {}, True, "native", ""),
 }
+
+
+def native_autocast(device_type: str, bf16_units: bool | None) -> bool:
+    """Whether autocast runs natively in low precision: fp16 on CUDA; bf16 on a CPU only
+    where it has bf16 units (``bf16_units``; unknown counts as absent)."""
+    return device_type == "cuda" or bf16_units is True
 
 
 # ----------------------------------------------------------------------------- child
@@ -143,7 +173,11 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    from reuse_analysis.runtime import cpu_has_bf16
+
     _, _, channels_last, amp, compiled = SPECS[name]
+    if amp == "native":
+        amp = native_autocast(device.type, cpu_has_bf16() if device.type == "cpu" else None)
     amp = args.amp if amp is None else amp
     model = _build(name).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -345,23 +379,33 @@ def main() -> None:
         compiles = [res["compile_s"] for res in results[name] if res["compile_s"] is not None]
         if compiles:
             print(f"{name}: compile s per round {', '.join(f'{c:.0f}' for c in compiles)}")
+    picks = {side: pick_best(rows, candidates) for side, candidates in BEST.items()}
+    for side, chosen in picks.items():
+        others = [c for c in BEST[side] if c != chosen]
+        print(f"{side}: {chosen} (faster than {', '.join(others)} in this run)")
     flops = training_flops_per_image()
-    best = results["ours-best"]
+    best = results[picks["ours-best"]]
     peak_gflops = statistics.median(res["matmul_gflops"] for res in best)
     ceiling = peak_gflops * 1e9 / flops
-    dtype = "bf16" if args.device == "cpu" else "fp16"
+    low = "bf16" if args.device == "cpu" else "fp16"
+    dtype = low if best[0]["amp"] else "fp32"
     print(
         f"roofline: {flops / 1e9:.2f} GFLOP per image per training step (FlopCounterMode), "
-        f"{dtype} matmul peak {peak_gflops:.0f} GFLOP/s (2048², median over ours-best's "
-        f"children) → ceiling {ceiling:.0f} images/s"
+        f"{dtype} matmul peak {peak_gflops:.0f} GFLOP/s (2048², median over "
+        f"{picks['ours-best']}'s children) → ceiling {ceiling:.0f} images/s"
     )
-    ours = rows["ours-best"]
+    ours = rows[picks["ours-best"]]
     print(
         f"speedup_vs_torchvision={ours[0] / base_speed:.2f} "
-        f"speedup_vs_torchvision_best={ours[0] / rows['torchvision-best'][0]:.2f} "
+        f"speedup_vs_torchvision_best={ours[0] / rows[picks['torchvision-best']][0]:.2f} "
         f"peak_vs_memory_efficient={ours[3] / base_peak:.2f} "
         f"roofline_fraction={ours[0] / ceiling:.3f}"
     )
+
+
+def pick_best(rows: dict[str, tuple[float, ...]], candidates: tuple[str, ...]) -> str:
+    """The candidate with the most images/s (the first of ``rows``' values)."""
+    return max(candidates, key=lambda name: rows[name][0])
 
 
 if __name__ == "__main__":
