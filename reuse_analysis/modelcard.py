@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +11,9 @@ from reuse_analysis import __version__
 from reuse_analysis._io import write_text_atomic
 from reuse_analysis.checkpoint import load_checkpoint
 from reuse_analysis.evaluation import evaluate_checkpoint
+from reuse_analysis.runtime import hardware
 
-
-def hardware() -> str:
-    """A one-line description of the machine: CPU model and core count, GPU if any."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+__all__ = ["hardware", "make_card", "trained_on", "write_card"]
 
 
 def make_card(
@@ -38,7 +24,9 @@ def make_card(
     data_dir: str = "data",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on its data set's whole test split and describe it."""
+    """Evaluate ``model`` on its data set's whole test split and describe it. ``hardware``
+    is the machine that evaluated it; ``trained_on`` the machines and settings that trained
+    it, epoch range by epoch range (see :func:`trained_on`)."""
     ckpt = load_checkpoint(model)
     result = evaluate_checkpoint(model, data_dir=data_dir, device=device, checkpoint=ckpt)
     meta = ckpt.meta
@@ -57,10 +45,34 @@ def make_card(
         "history": history,
         "wall_time_s": round(sum(h.get("seconds", 0) for h in history), 1),
         "command": command,
+        "trained_on": trained_on(history),
         "hardware": hardware(),
         "notes": notes,
         "toolkit": f"reuse-analysis {__version__}",
     }
+
+
+#: The per-epoch fields of a training history that say how the epoch was trained.
+SETTING_FIELDS = ("hardware", "precision", "compiled", "threads")
+
+
+def trained_on(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive epochs trained with the same machine and settings, as one entry each:
+    ``{"epochs": [first, last], "hardware": …, "precision": …, "compiled": …, "threads": …,
+    "seconds": …}``. A run resumed across machines or flags has several entries; epochs
+    logged before ``train`` recorded its settings count as ``"unrecorded"``."""
+    segments: list[dict[str, Any]] = []
+    for row in history:
+        setting = {key: row.get(key, "unrecorded") for key in SETTING_FIELDS}
+        epoch = int(row.get("epoch", 0))
+        last = segments[-1] if segments else None
+        if last is not None and all(last[k] == v for k, v in setting.items()):
+            last["epochs"][1] = epoch
+            last["seconds"] = round(last["seconds"] + float(row.get("seconds", 0)), 1)
+        else:
+            seconds = round(float(row.get("seconds", 0)), 1)
+            segments.append({"epochs": [epoch, epoch], **setting, "seconds": seconds})
+    return segments
 
 
 def write_card(card: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -7,6 +7,7 @@ none of them has to import the training loop for these helpers.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,20 @@ def eval_subset(data: Split, limit: int | None) -> Split:
     Random rather than the first ones: image folders list their files class by class.
     """
     return _subset(data, limit, seed=0)
+
+
+def hardware() -> str:
+    """A one-line description of the machine: CPU model and core count, GPU if any."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
 
 
 #: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic.

@@ -40,6 +40,7 @@ from reuse_analysis.runtime import (
     cpu_has_bf16,
     eval_subset,
     evaluate,
+    hardware,
     pick_device,
 )
 from reuse_analysis.tables import REUSE_LOG_ARCH, REUSE_LOG_COLUMNS
@@ -55,6 +56,10 @@ LOG_COLUMNS = [
     "test_acc",
     "seconds",
     "images_per_s",
+    "precision",
+    "compiled",
+    "threads",
+    "hardware",
 ]
 
 
@@ -575,6 +580,18 @@ def _train_epoch(run, train_data, epoch, stop, on_step) -> None:
     state.seconds = time.monotonic() - started
 
 
+def _setting(run: _Run) -> dict[str, Any]:
+    """How the process that finishes an epoch trains: a run resumed on another machine or
+    with other flags (precision, compile, threads) says so in each epoch's row."""
+    low = "fp16" if run.device.type == "cuda" else "bf16"
+    return {
+        "precision": low if run.cfg.amp else "fp32",
+        "compiled": bool(run.cfg.compile),
+        "threads": torch.get_num_threads(),
+        "hardware": hardware(),
+    }
+
+
 def _end_epoch(run: _Run, test_data: Split, epoch: int, lr: float) -> float:
     """Evaluate, log, record the reuse table and save model and state; returns accuracy."""
     cfg, state, dist = run.cfg, run.state, run.dist
@@ -597,6 +614,7 @@ def _end_epoch(run: _Run, test_data: Split, epoch: int, lr: float) -> float:
         "test_acc": round(test_acc, 6),
         "seconds": round(state.seconds, 2),
         "images_per_s": round(state.seen * dist.world / max(state.seconds, 1e-9), 2),
+        **_setting(run),
     }
     run.state = _State(epoch=epoch + 1, history=[*state.history, row], reuse=state.reuse)
     if cfg.reuse_log and _is_densenet(cfg.arch):

@@ -174,6 +174,8 @@ def test_train_and_evaluate_commands(tmp_path, tiny_npz):
     assert made["test_images"] == 32 and made["test_accuracy"] == pytest.approx(recorded, abs=1e-4)
     assert made["config"]["growth_rate"] == 12 and made["command"].startswith("reuse-analysis")
     assert made["data"]["name"] == f"npz:{tiny_npz}" and "cores" in made["hardware"]
+    assert [s["epochs"] for s in made["trained_on"]] == [[1, 1]]
+    assert made["trained_on"][0]["hardware"] == made["hardware"]
 
 
 def test_evaluate_on_a_data_set_the_model_cannot_read(tmp_path, tiny_npz):
@@ -522,3 +524,34 @@ def test_a_reuse_log_from_before_the_arch_column_resumes_and_still_draws(tmp_pat
                                        str(alone / "d.png")])  # fmt: skip
     assert refused.exit_code == 2 and "the log's arch column" in refused.stderr
     assert not (alone / "d.png").exists()
+
+
+def test_each_epoch_records_how_it_was_trained_and_the_card_groups_them(tmp_path, tiny_npz):
+    """A run resumed on another machine or with other flags: every epoch's row says the
+    precision, compile flag, threads and machine of the process that finished it, and the
+    card lists the runs of epochs trained alike (older rows count as unrecorded)."""
+    import csv
+
+    from reuse_analysis.modelcard import trained_on
+    from reuse_analysis.runtime import hardware
+
+    out = tmp_path / "m.pt"
+    train(_cfg(tiny_npz, out, epochs=2))
+    history = load_checkpoint(out).meta["history"]
+    threads = torch.get_num_threads()
+    for row in history:
+        assert (row["precision"], row["compiled"], row["threads"]) == ("fp32", False, threads)
+        assert row["hardware"] == hardware()
+    with open(out.with_suffix(".log.csv"), newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    assert [r["precision"] for r in logged] == ["fp32", "fp32"]
+    assert logged[0]["hardware"] == hardware()
+
+    older = [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 5.0}]
+    bf16 = {**history[0], "precision": "bf16", "epoch": 3, "seconds": 2.5}
+    fp32 = [{**history[0], "epoch": 4, "seconds": 1.0}, {**history[1], "epoch": 5, "seconds": 1.5}]
+    segments = trained_on([*older, bf16, *fp32])
+    assert [s["epochs"] for s in segments] == [[1, 2], [3, 3], [4, 5]]
+    assert segments[0]["hardware"] == "unrecorded" and segments[0]["seconds"] == 15.0
+    assert [s["precision"] for s in segments[1:]] == ["bf16", "fp32"]
+    assert segments[2]["seconds"] == 2.5 and segments[2]["threads"] == threads
