@@ -89,11 +89,15 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
     return any(flag in flags.split() for flag in BF16_FLAGS)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """What ``--amp`` computes in: float16 on CUDA (with a gradient scaler), else bfloat16."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def _autocast(device: torch.device, amp: bool):
     if not amp:
         return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=autocast_dtype(device))
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

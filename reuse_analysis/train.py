@@ -37,6 +37,7 @@ from reuse_analysis.runtime import (
     _autocast,
     _subset,
     _to_device,
+    autocast_dtype,
     cpu_has_bf16,
     eval_subset,
     evaluate,
@@ -583,9 +584,9 @@ def _train_epoch(run, train_data, epoch, stop, on_step) -> None:
 def _setting(run: _Run) -> dict[str, Any]:
     """How the process that finishes an epoch trains: a run resumed on another machine or
     with other flags (precision, compile, threads) says so in each epoch's row."""
-    low = "fp16" if run.device.type == "cuda" else "bf16"
+    dtype = autocast_dtype(run.device) if run.cfg.amp else torch.float32
     return {
-        "precision": low if run.cfg.amp else "fp32",
+        "precision": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32"),
         "compiled": bool(run.cfg.compile),
         "threads": torch.get_num_threads(),
         "hardware": hardware(),

@@ -424,6 +424,7 @@ def test_compiled_bf16_training_saves_plain_weights(tmp_path, tiny_npz, capsys):
     assert "No CUDA runtime" not in err
     history = load_checkpoint(out).meta["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert {(r["precision"], r["compiled"]) for r in history} == {("bf16", True)}
     keys = set(_weights(out))
     assert keys == set(_weights(tmp_path / "m.train.pt")) and not any(
         "_orig_mod" in k for k in keys
